@@ -1,0 +1,72 @@
+# Fenlo developer commands. `make run` and `make test` are all a newcomer needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PROTOS := $(wildcard protos/fenlo/v1/*.proto)
+GEN_DIR := clients/python/fenlo/v1
+GEN_STAMP := $(GEN_DIR)/.generated-from
+CONTRACT_IMAGE := protos/released/fenlo-v1.binpb
+
+.PHONY: run test lint generate check-generated buf-lint buf-breaking contract-image reliability clean
+
+# Create the virtual environment and install Fenlo with its development tools.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Start the server on 127.0.0.1:50051 with the embedded defaults (SQLite in
+# ./.fenlo, in-process limits, offline LLM) and a demo workspace.
+run: $(STAMP)
+	@$(MAKE) --no-print-directory generate-if-stale
+	$(BIN)/fenlo serve --demo
+
+# The fast test suite: unit and integration tests against a real in-process
+# gRPC server. PostgreSQL and Redis tests run when FENLO_TEST_DATABASE_URL and
+# FENLO_TEST_REDIS_URL are set.
+test: $(STAMP)
+	@$(MAKE) --no-print-directory generate-if-stale
+	$(BIN)/pytest
+
+# The long fault and load suite.
+reliability: $(STAMP)
+	$(BIN)/pytest -m reliability
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/buf lint
+
+# Regenerate the Python code from protos/ (committed; never edit it by hand).
+generate: $(STAMP)
+	$(PY) scripts/generate.py
+
+generate-if-stale: $(STAMP)
+	@$(PY) scripts/generate.py --if-stale
+
+# Fail when the committed generated code does not match protos/.
+check-generated: $(STAMP)
+	$(PY) scripts/generate.py --check
+
+buf-lint: $(STAMP)
+	$(BIN)/buf lint
+
+# Compare the contract against the committed image of the released contract.
+buf-breaking: $(STAMP)
+	$(BIN)/buf breaking --against $(CONTRACT_IMAGE)
+
+# Refresh the released-contract image. Do this only on purpose, in a commit
+# that says why.
+contract-image: $(STAMP)
+	$(BIN)/buf build -o $(CONTRACT_IMAGE)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Generated from protos/fenlo/v1 by `make generate`. Do not edit."""
