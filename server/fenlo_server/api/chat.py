@@ -1,0 +1,361 @@
+"""ChatService: the bidirectional chat stream.
+
+This is the foundation's version of the stream: the full protocol shape
+(start, turns, replay by ``client_message_id``, end, drain notices), with a
+plain acknowledgement as the answer. The issue "Chat: the bidirectional
+streaming turn pipeline" replaces the answer with the real pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import duration_pb2
+from grpc import aio
+
+from fenlo.v1 import chat_pb2, chat_pb2_grpc, conversation_pb2
+from fenlo_server import metrics, names
+from fenlo_server.api.common import Deps, authorize_workspace, check_text
+from fenlo_server.api.conversations import (
+    channel_name,
+    conversation_to_proto,
+    validate_new_conversation,
+)
+from fenlo_server.errors import (
+    FailedPrecondition,
+    FenloError,
+    InvalidArgument,
+    Reason,
+    Unavailable,
+    Violations,
+    not_found,
+)
+from fenlo_server.ids import new_id
+from fenlo_server.status import to_status
+from fenlo_server.storage.models import ConversationRow, MessageRow
+from fenlo_server.storage.repositories import ConversationRepository
+
+Ctx = aio.ServicerContext[Any, Any]
+MAX_CLIENT_MESSAGE_ID = 128
+PLAIN_REPLY = (
+    "Thanks, your message is stored. This Fenlo server answers with a plain "
+    "acknowledgement until its assistant pipeline is enabled."
+)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class _Drain:
+    grace_seconds: float
+
+
+_EOF = object()
+
+
+class ChatHub:
+    """The open Chat sessions of this server, so shutdown can tell each to drain."""
+
+    def __init__(self) -> None:
+        self._sessions: set[ChatSession] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self.draining = False
+
+    def register(self, session: ChatSession) -> None:
+        self._sessions.add(session)
+        self._empty.clear()
+        metrics.OPEN_CHAT_STREAMS.set(len(self._sessions))
+
+    def unregister(self, session: ChatSession) -> None:
+        self._sessions.discard(session)
+        if not self._sessions:
+            self._empty.set()
+        metrics.OPEN_CHAT_STREAMS.set(len(self._sessions))
+
+    async def wait_closed(self) -> None:
+        """Wait until no session is open."""
+        await self._empty.wait()
+
+    def drain(self, grace_seconds: float) -> int:
+        """Send every open session a drain notice; return how many were told."""
+        self.draining = True
+        for session in list(self._sessions):
+            session.notify(_Drain(grace_seconds))
+        return len(self._sessions)
+
+    @property
+    def open_sessions(self) -> int:
+        return len(self._sessions)
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(int(seconds * 1e9))
+    return value
+
+
+class ChatSession:
+    """One Chat stream: reads requests in a task, answers turns in order."""
+
+    def __init__(
+        self, deps: Deps, hub: ChatHub, requests: AsyncIterator[chat_pb2.ChatRequest]
+    ) -> None:
+        self._deps = deps
+        self._hub = hub
+        self._requests = requests
+        self._inbox: asyncio.Queue[object] = asyncio.Queue()
+        self._workspace_id = ""
+        self._conversation: ConversationRow | None = None
+        self._sentences = False
+
+    def notify(self, item: object) -> None:
+        self._inbox.put_nowait(item)
+
+    async def _read(self) -> None:
+        try:
+            async for request in self._requests:
+                self._inbox.put_nowait(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the client went away; treat as the end of its requests
+            pass
+        finally:
+            self._inbox.put_nowait(_EOF)
+
+    async def run(self) -> AsyncIterator[chat_pb2.ChatResponse]:
+        reader = asyncio.get_running_loop().create_task(self._read())
+        try:
+            started = False
+            while True:
+                item = await self._inbox.get()
+                if item is _EOF:
+                    return
+                if isinstance(item, _Drain):
+                    yield chat_pb2.ChatResponse(
+                        draining=chat_pb2.Draining(grace_period=_duration(item.grace_seconds))
+                    )
+                    continue
+                assert isinstance(item, chat_pb2.ChatRequest)
+                kind = item.WhichOneof("kind")
+                if not started:
+                    if kind != "start":
+                        raise FailedPrecondition(
+                            Reason.ERROR_REASON_CHAT_NOT_STARTED,
+                            "the first message on a Chat stream must be `start`",
+                        )
+                    yield await self._start(item.start)
+                    started = True
+                elif kind == "start":
+                    raise InvalidArgument(
+                        Reason.ERROR_REASON_CHAT_ALREADY_STARTED,
+                        "this Chat stream has already started; send `start` only once",
+                    )
+                elif kind == "end":
+                    return
+                elif kind == "user_message":
+                    async for response in self._turn(item.user_message):
+                        yield response
+                elif kind == "interrupt":
+                    continue  # turns finish at once in this version: nothing to stop
+                else:
+                    yield _turn_error("", _empty_request())
+        finally:
+            reader.cancel()
+
+    async def _start(self, start: chat_pb2.StartChat) -> chat_pb2.ChatResponse:
+        if self._hub.draining:
+            raise Unavailable(
+                Reason.ERROR_REASON_SERVER_DRAINING, "the server is shutting down; reconnect"
+            )
+        target = start.WhichOneof("target")
+        self._sentences = start.options.sentence_events
+        db = self._deps.db
+        if target == "conversation":
+            workspace_id, conversation_id = names.parse(
+                "conversation", start.conversation, "start.conversation"
+            )
+            authorize_workspace(workspace_id)
+            async with db.workspace(workspace_id) as session:
+                row = await ConversationRepository(session).get(conversation_id)
+            if row is None:
+                raise not_found("conversation", start.conversation)
+            if row.state == "CLOSED":
+                raise FailedPrecondition(
+                    Reason.ERROR_REASON_CONVERSATION_CLOSED,
+                    f"{start.conversation} is closed and takes no new turns",
+                )
+            resumed = True
+        elif target == "parent":
+            workspace_id = names.workspace_id(start.parent, "start.parent")
+            authorize_workspace(workspace_id)
+            violations = Violations()
+            validate_new_conversation(
+                violations,
+                "start.",
+                start.channel,
+                start.external_contact_id,
+                dict(start.metadata),
+            )
+            violations.raise_if_any()
+            if await self._deps.directory.get(workspace_id) is None:
+                raise not_found("workspace", start.parent)
+            async with db.workspace(workspace_id) as session:
+                row = await ConversationRepository(session).create(
+                    channel=channel_name(start.channel or conversation_pb2.CHANNEL_API),
+                    external_contact_id=start.external_contact_id,
+                    labels=dict(start.metadata),
+                    state="OPEN",
+                )
+            resumed = False
+        else:
+            raise InvalidArgument(
+                Reason.ERROR_REASON_INVALID_ARGUMENT,
+                "start needs `conversation` (to resume) or `parent` (to begin a new one)",
+            )
+        self._workspace_id = workspace_id
+        self._conversation = row
+        return chat_pb2.ChatResponse(
+            session_started=chat_pb2.SessionStarted(
+                conversation=conversation_to_proto(row), resumed=resumed
+            )
+        )
+
+    async def _turn(self, message: chat_pb2.UserMessage) -> AsyncIterator[chat_pb2.ChatResponse]:
+        assert self._conversation is not None
+        violations = Violations()
+        check_text(
+            violations,
+            "user_message.text",
+            message.text,
+            max_chars=self._deps.settings.max_user_text_chars,
+            required=True,
+        )
+        check_text(
+            violations,
+            "user_message.client_message_id",
+            message.client_message_id,
+            max_chars=MAX_CLIENT_MESSAGE_ID,
+        )
+        try:
+            violations.raise_if_any()
+        except FenloError as error:
+            yield _turn_error("", error)
+            return
+        conversation_id = self._conversation.id
+        async with self._deps.db.workspace(self._workspace_id) as session:
+            repo = ConversationRepository(session)
+            if message.client_message_id:
+                previous = await repo.find_user_message(conversation_id, message.client_message_id)
+                if previous is not None:
+                    stored = await repo.turn_messages(conversation_id, previous.turn_id)
+                    for response in self._replay(stored, message.client_message_id):
+                        yield response
+                    return
+            turn_id = new_id()
+            user = await repo.append_message(
+                conversation_id,
+                role="USER",
+                text=message.text,
+                turn_id=turn_id,
+                client_message_id=message.client_message_id,
+            )
+        yield chat_pb2.ChatResponse(
+            turn_started=chat_pb2.TurnStarted(
+                turn_id=turn_id,
+                user_message=self._name(user),
+                client_message_id=message.client_message_id,
+            )
+        )
+        for response in self._answer_events(turn_id, PLAIN_REPLY):
+            yield response
+        async with self._deps.db.workspace(self._workspace_id) as session:
+            assistant = await ConversationRepository(session).append_message(
+                conversation_id, role="ASSISTANT", text=PLAIN_REPLY, turn_id=turn_id
+            )
+        yield chat_pb2.ChatResponse(
+            turn_completed=chat_pb2.TurnCompleted(
+                turn_id=turn_id,
+                user_message=self._name(user),
+                assistant_message=self._name(assistant),
+                providers=["plain"],
+            )
+        )
+
+    def _answer_events(self, turn_id: str, text: str) -> list[chat_pb2.ChatResponse]:
+        pieces = re.findall(r"\S+\s*", text)
+        events = [
+            chat_pb2.ChatResponse(delta=chat_pb2.TextDelta(turn_id=turn_id, text=p, index=i))
+            for i, p in enumerate(pieces)
+        ]
+        if self._sentences:
+            events += [
+                chat_pb2.ChatResponse(
+                    sentence=chat_pb2.Sentence(turn_id=turn_id, text=s.strip(), index=i)
+                )
+                for i, s in enumerate(_SENTENCE_END.split(text.strip()))
+            ]
+        return events
+
+    def _replay(
+        self, stored: list[MessageRow], client_message_id: str
+    ) -> list[chat_pb2.ChatResponse]:
+        user = next(m for m in stored if m.role == "USER")
+        answer = next((m for m in stored if m.role == "ASSISTANT"), None)
+        events = [
+            chat_pb2.ChatResponse(
+                turn_started=chat_pb2.TurnStarted(
+                    turn_id=user.turn_id,
+                    user_message=self._name(user),
+                    client_message_id=client_message_id,
+                    replayed=True,
+                )
+            )
+        ]
+        if answer is not None:
+            events += self._answer_events(user.turn_id, answer.text)
+        events.append(
+            chat_pb2.ChatResponse(
+                turn_completed=chat_pb2.TurnCompleted(
+                    turn_id=user.turn_id,
+                    user_message=self._name(user),
+                    assistant_message=self._name(answer) if answer else "",
+                    interrupted=bool(answer and answer.interrupted),
+                    replayed=True,
+                )
+            )
+        )
+        return events
+
+    def _name(self, row: MessageRow) -> str:
+        return names.message(row.workspace_id, row.conversation_id, row.id)
+
+
+def _empty_request() -> InvalidArgument:
+    return InvalidArgument(
+        Reason.ERROR_REASON_INVALID_ARGUMENT, "a ChatRequest must set one of its fields"
+    )
+
+
+def _turn_error(turn_id: str, error: FenloError) -> chat_pb2.ChatResponse:
+    return chat_pb2.ChatResponse(error=chat_pb2.TurnError(turn_id=turn_id, status=to_status(error)))
+
+
+class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
+    def __init__(self, deps: Deps, hub: ChatHub) -> None:
+        self._deps = deps
+        self._hub = hub
+
+    async def Chat(
+        self, request_iterator: AsyncIterator[chat_pb2.ChatRequest], context: Ctx
+    ) -> AsyncIterator[chat_pb2.ChatResponse]:
+        session = ChatSession(self._deps, self._hub, request_iterator)
+        self._hub.register(session)
+        try:
+            async for response in session.run():
+                yield response
+        finally:
+            self._hub.unregister(session)

@@ -1,0 +1,136 @@
+"""Helpers every servicer uses: the caller, tenancy checks, conversions, limits."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
+
+from fenlo_server.auth.authenticator import Authenticator
+from fenlo_server.auth.principal import Principal, get_principal
+from fenlo_server.auth.tokens import TokenService
+from fenlo_server.config import Settings
+from fenlo_server.directory import WorkspaceDirectory
+from fenlo_server.errors import (
+    AlreadyExists,
+    FieldViolation,
+    PermissionDenied,
+    Reason,
+    Violations,
+    invalid,
+)
+from fenlo_server.pagination import PageTokens
+from fenlo_server.storage.db import Database
+
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_KEY = 128
+MAX_METADATA_VALUE = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    """What the servicers need, wired by the composition root."""
+
+    settings: Settings
+    db: Database
+    page_tokens: PageTokens
+    directory: WorkspaceDirectory
+    authenticator: Authenticator
+    tokens: TokenService
+
+
+def authorize_workspace(workspace_id: str) -> Principal:
+    """The caller, if it may act on ``workspace_id``; PERMISSION_DENIED otherwise.
+
+    Runs before any lookup, so a caller never learns whether another
+    workspace's resource exists.
+    """
+    principal = get_principal()
+    if not principal.is_platform_admin and principal.workspace_id != workspace_id:
+        raise PermissionDenied(
+            Reason.ERROR_REASON_PERMISSION_DENIED_WORKSPACE,
+            f"the caller's credentials are for another workspace than workspaces/{workspace_id}",
+        )
+    return principal
+
+
+def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value.astimezone(UTC))
+    return stamp
+
+
+def from_timestamp(
+    holder: Message, field: str, path: str, violations: Violations
+) -> datetime | None:
+    """The datetime of an optional Timestamp field, or None when it is unset."""
+    if not holder.HasField(field):
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(holder, field)
+    if not 0 <= stamp.nanos < 1_000_000_000:
+        violations.add(path, "nanos must be in [0, 1e9)")
+        return None
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        violations.add(path, "is out of range")
+        return None
+
+
+def request_hash(request: Message) -> str:
+    """A digest of a Create request without its request_id, to detect reuse."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    copy.ClearField("request_id")
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+def request_id_of(value: str) -> str | None:
+    """A normalised request_id (a UUID, AIP-155), or None when empty."""
+    if not value:
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise invalid("request_id", "must be a UUID such as 6f1c1d0e-...") from None
+
+
+def check_text(
+    violations: Violations,
+    path: str,
+    value: str,
+    *,
+    max_chars: int,
+    required: bool = False,
+) -> None:
+    if required and not value.strip():
+        violations.add(path, "is required")
+    elif len(value) > max_chars:
+        violations.add(path, f"must be at most {max_chars} characters, got {len(value)}")
+    elif "\x00" in value:
+        violations.add(path, "must not contain NUL characters")
+
+
+def check_labels(violations: Violations, path: str, labels: dict[str, str]) -> None:
+    if len(labels) > MAX_METADATA_ENTRIES:
+        violations.add(path, f"must have at most {MAX_METADATA_ENTRIES} entries")
+        return
+    for key, value in labels.items():
+        if not key or len(key) > MAX_METADATA_KEY:
+            violations.add(f"{path}[{key[:40]!r}]", f"keys must be 1 to {MAX_METADATA_KEY} chars")
+        elif len(value) > MAX_METADATA_VALUE:
+            violations.add(f"{path}[{key!r}]", f"values must be at most {MAX_METADATA_VALUE} chars")
+
+
+def request_id_conflict() -> AlreadyExists:
+    return AlreadyExists(
+        Reason.ERROR_REASON_REQUEST_ID_CONFLICT,
+        "request_id was already used for a different request; use a new request_id",
+        violations=[FieldViolation("request_id", "was used for a different request")],
+    )

@@ -1,0 +1,307 @@
+"""ConversationService: conversations and their messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import empty_pb2, field_mask_pb2, json_format
+from grpc import aio
+
+from fenlo.v1 import analysis_pb2, conversation_pb2, conversation_pb2_grpc
+from fenlo_server import names
+from fenlo_server.api.common import (
+    Deps,
+    authorize_workspace,
+    check_labels,
+    check_text,
+    from_timestamp,
+    request_hash,
+    request_id_conflict,
+    request_id_of,
+    to_timestamp,
+)
+from fenlo_server.errors import FieldViolation, InvalidArgument, Reason, Violations, not_found
+from fenlo_server.pagination import page_size
+from fenlo_server.storage.models import ConversationRow, MessageRow
+from fenlo_server.storage.repositories import (
+    ConversationFilter,
+    ConversationRepository,
+    DuplicateRequest,
+)
+
+Ctx = aio.ServicerContext[Any, Any]
+Channel = conversation_pb2.Channel
+State = conversation_pb2.ConversationState
+Role = conversation_pb2.MessageRole
+MAX_CONTACT_ID = 256
+UPDATABLE = ("metadata", "state")
+
+
+def channel_name(value: int) -> str:
+    return Channel.Name(value).removeprefix("CHANNEL_")  # type: ignore[arg-type]
+
+
+def state_name(value: int) -> str:
+    return State.Name(value).removeprefix("CONVERSATION_STATE_")  # type: ignore[arg-type]
+
+
+def conversation_to_proto(row: ConversationRow) -> conversation_pb2.Conversation:
+    return conversation_pb2.Conversation(
+        name=names.conversation(row.workspace_id, row.id),
+        channel=Channel.Value(f"CHANNEL_{row.channel}"),
+        external_contact_id=row.external_contact_id,
+        metadata=row.labels,
+        state=State.Value(f"CONVERSATION_STATE_{row.state}"),
+        analysis=json_format.ParseDict(
+            row.analysis, analysis_pb2.ConversationAnalysis(), ignore_unknown_fields=True
+        ),
+        message_count=row.message_count,
+        create_time=to_timestamp(row.create_time),
+        update_time=to_timestamp(row.update_time),
+        last_message_time=to_timestamp(row.last_message_time),
+    )
+
+
+def message_to_proto(row: MessageRow) -> conversation_pb2.Message:
+    return conversation_pb2.Message(
+        name=names.message(row.workspace_id, row.conversation_id, row.id),
+        role=Role.Value(f"MESSAGE_ROLE_{row.role}"),
+        text=row.text,
+        create_time=to_timestamp(row.create_time),
+        turn_id=row.turn_id,
+        client_message_id=row.client_message_id,
+        interrupted=row.interrupted,
+        citations=[
+            json_format.ParseDict(c, conversation_pb2.Citation(), ignore_unknown_fields=True)
+            for c in row.citations
+        ],
+        analysis=json_format.ParseDict(
+            row.analysis, analysis_pb2.TurnAnalysis(), ignore_unknown_fields=True
+        ),
+        author=row.author,
+    )
+
+
+def validate_new_conversation(
+    violations: Violations,
+    prefix: str,
+    channel: int,
+    external_contact_id: str,
+    metadata: dict[str, str],
+) -> None:
+    if channel not in Channel.values():
+        violations.add(f"{prefix}channel", "is not a known channel")
+    check_text(
+        violations, f"{prefix}external_contact_id", external_contact_id, max_chars=MAX_CONTACT_ID
+    )
+    check_labels(violations, f"{prefix}metadata", metadata)
+
+
+class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
+    def __init__(self, deps: Deps) -> None:
+        self._deps = deps
+
+    async def _require_workspace(self, workspace_id: str) -> None:
+        if await self._deps.directory.get(workspace_id) is None:
+            raise not_found("workspace", names.workspace(workspace_id))
+
+    async def CreateConversation(
+        self, request: conversation_pb2.CreateConversationRequest, context: Ctx
+    ) -> conversation_pb2.Conversation:
+        workspace_id = names.workspace_id(request.parent, "parent")
+        authorize_workspace(workspace_id)
+        conv = request.conversation
+        violations = Violations()
+        validate_new_conversation(
+            violations,
+            "conversation.",
+            conv.channel,
+            conv.external_contact_id,
+            dict(conv.metadata),
+        )
+        if conv.state not in State.values():
+            violations.add("conversation.state", "is not a known state")
+        violations.raise_if_any()
+        request_id = request_id_of(request.request_id)
+        digest = request_hash(request) if request_id else None
+        await self._require_workspace(workspace_id)
+        db = self._deps.db
+        row: ConversationRow | None = None
+        try:
+            async with db.workspace(workspace_id) as session:
+                repo = ConversationRepository(session)
+                if request_id is not None:
+                    row = await repo.find_by_request_id(request_id)
+                    if row is not None:
+                        if row.request_hash != digest:
+                            raise request_id_conflict()
+                        return conversation_to_proto(row)
+                row = await repo.create(
+                    channel=channel_name(conv.channel or Channel.CHANNEL_API),
+                    external_contact_id=conv.external_contact_id,
+                    labels=dict(conv.metadata),
+                    state=state_name(conv.state or State.CONVERSATION_STATE_OPEN),
+                    request_id=request_id,
+                    request_hash=digest,
+                )
+        except DuplicateRequest:  # a concurrent retry with the same request_id won
+            async with db.workspace(workspace_id) as session:
+                row = await ConversationRepository(session).find_by_request_id(request_id or "")
+            if row is None or row.request_hash != digest:
+                raise request_id_conflict() from None
+        return conversation_to_proto(row)
+
+    async def GetConversation(
+        self, request: conversation_pb2.GetConversationRequest, context: Ctx
+    ) -> conversation_pb2.Conversation:
+        workspace_id, conversation_id = names.parse("conversation", request.name, "name")
+        authorize_workspace(workspace_id)
+        async with self._deps.db.workspace(workspace_id) as session:
+            row = await ConversationRepository(session).get(conversation_id)
+        if row is None:
+            raise not_found("conversation", request.name)
+        return conversation_to_proto(row)
+
+    async def ListConversations(
+        self, request: conversation_pb2.ListConversationsRequest, context: Ctx
+    ) -> conversation_pb2.ListConversationsResponse:
+        workspace_id = names.workspace_id(request.parent, "parent")
+        principal = authorize_workspace(workspace_id)
+        violations = Violations()
+        if request.state not in State.values():
+            violations.add("state", "is not a known state")
+        if request.channel not in Channel.values():
+            violations.add("channel", "is not a known channel")
+        check_text(
+            violations, "external_contact_id", request.external_contact_id, max_chars=MAX_CONTACT_ID
+        )
+        start = from_timestamp(request, "create_time_start", "create_time_start", violations)
+        end = from_timestamp(request, "create_time_end", "create_time_end", violations)
+        violations.raise_if_any()
+        size = page_size(
+            request.page_size,
+            self._deps.settings.default_page_size,
+            self._deps.settings.max_page_size,
+        )
+        filters = ConversationFilter(
+            state=state_name(request.state) if request.state else None,
+            channel=channel_name(request.channel) if request.channel else None,
+            external_contact_id=request.external_contact_id or None,
+            create_time_start=start,
+            create_time_end=end,
+        )
+        query = {
+            "method": "ListConversations",
+            "parent": request.parent,
+            "state": filters.state,
+            "channel": filters.channel,
+            "contact": filters.external_contact_id,
+            "start": start.isoformat() if start else None,
+            "end": end.isoformat() if end else None,
+        }
+        before = None
+        if request.page_token:
+            cursor = self._deps.page_tokens.decode(request.page_token, principal.scope, query)
+            before = str(cursor.get("id", ""))
+        async with self._deps.db.workspace(workspace_id) as session:
+            rows = await ConversationRepository(session).list_page(
+                filters=filters, limit=size + 1, before_id=before
+            )
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = self._deps.page_tokens.encode(principal.scope, query, {"id": rows[-1].id})
+        return conversation_pb2.ListConversationsResponse(
+            conversations=[conversation_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def UpdateConversation(
+        self, request: conversation_pb2.UpdateConversationRequest, context: Ctx
+    ) -> conversation_pb2.Conversation:
+        workspace_id, conversation_id = names.parse(
+            "conversation", request.conversation.name, "conversation.name"
+        )
+        authorize_workspace(workspace_id)
+        paths = _update_paths(request.update_mask, request.conversation)
+        conv = request.conversation
+        violations = Violations()
+        if "metadata" in paths:
+            check_labels(violations, "conversation.metadata", dict(conv.metadata))
+        if "state" in paths and (
+            conv.state == State.CONVERSATION_STATE_UNSPECIFIED or conv.state not in State.values()
+        ):
+            violations.add("conversation.state", "must be OPEN, HANDED_OFF or CLOSED")
+        violations.raise_if_any()
+        async with self._deps.db.workspace(workspace_id) as session:
+            repo = ConversationRepository(session)
+            row = await repo.get(conversation_id)
+            if row is None:
+                raise not_found("conversation", conv.name)
+            if "metadata" in paths:
+                row.labels = dict(conv.metadata)
+            if "state" in paths:
+                row.state = state_name(conv.state)
+            row = await repo.save(row)
+        return conversation_to_proto(row)
+
+    async def DeleteConversation(
+        self, request: conversation_pb2.DeleteConversationRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        workspace_id, conversation_id = names.parse("conversation", request.name, "name")
+        authorize_workspace(workspace_id)
+        async with self._deps.db.workspace(workspace_id) as session:
+            deleted = await ConversationRepository(session).delete(conversation_id)
+        if not deleted:
+            raise not_found("conversation", request.name)
+        return empty_pb2.Empty()
+
+    async def ListMessages(
+        self, request: conversation_pb2.ListMessagesRequest, context: Ctx
+    ) -> conversation_pb2.ListMessagesResponse:
+        workspace_id, conversation_id = names.parse("conversation", request.parent, "parent")
+        principal = authorize_workspace(workspace_id)
+        size = page_size(
+            request.page_size,
+            self._deps.settings.default_page_size,
+            self._deps.settings.max_page_size,
+        )
+        query = {"method": "ListMessages", "parent": request.parent}
+        after = 0
+        if request.page_token:
+            cursor = self._deps.page_tokens.decode(request.page_token, principal.scope, query)
+            after = int(cursor.get("seq", 0))
+        async with self._deps.db.workspace(workspace_id) as session:
+            repo = ConversationRepository(session)
+            if await repo.get(conversation_id) is None:
+                raise not_found("conversation", request.parent)
+            rows = await repo.list_messages(conversation_id, limit=size + 1, after_seq=after)
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = self._deps.page_tokens.encode(principal.scope, query, {"seq": rows[-1].seq})
+        return conversation_pb2.ListMessagesResponse(
+            messages=[message_to_proto(r) for r in rows], next_page_token=token
+        )
+
+
+def _update_paths(
+    mask: field_mask_pb2.FieldMask, conversation: conversation_pb2.Conversation
+) -> list[str]:
+    paths = list(mask.paths)
+    if not paths:
+        paths = [f.name for f, _ in conversation.ListFields() if f.name in UPDATABLE]
+    elif paths == ["*"]:
+        paths = list(UPDATABLE)
+    bad = [p for p in paths if p not in UPDATABLE]
+    if bad or not paths:
+        description = (
+            f"{', '.join(bad)} cannot be updated; use metadata and/or state"
+            if bad
+            else "names no field to update, and conversation sets none"
+        )
+        raise InvalidArgument(
+            Reason.ERROR_REASON_UPDATE_MASK_INVALID,
+            f"invalid update_mask: {description}",
+            violations=[FieldViolation("update_mask", description)],
+        )
+    return paths

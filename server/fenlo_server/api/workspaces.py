@@ -1,0 +1,322 @@
+"""WorkspaceService: workspaces and their API keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import empty_pb2, field_mask_pb2, json_format
+from grpc import aio
+
+from fenlo.v1 import workspace_pb2, workspace_pb2_grpc
+from fenlo_server import names
+from fenlo_server.api.common import (
+    Deps,
+    authorize_workspace,
+    check_text,
+    request_hash,
+    request_id_conflict,
+    request_id_of,
+    to_timestamp,
+)
+from fenlo_server.api.workspace_validation import validate_workspace
+from fenlo_server.auth import apikeys
+from fenlo_server.auth.permissions import PLATFORM_ONLY_FIELDS
+from fenlo_server.auth.principal import ADMIN, AGENT, SERVICE, get_principal
+from fenlo_server.directory import effective_quotas
+from fenlo_server.errors import (
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+    Reason,
+    Violations,
+    invalid,
+    not_found,
+)
+from fenlo_server.pagination import page_size
+from fenlo_server.storage.models import ApiKeyRow, WorkspaceRow
+from fenlo_server.storage.repositories import ApiKeyRepository, DuplicateRequest, WorkspaceStore
+
+Ctx = aio.ServicerContext[Any, Any]
+UPDATABLE = ("display_name", "settings", "quotas")
+ROLE_NAMES = {
+    workspace_pb2.ROLE_ADMIN: ADMIN,
+    workspace_pb2.ROLE_AGENT: AGENT,
+    workspace_pb2.ROLE_SERVICE: SERVICE,
+}
+ROLE_VALUES = {name: value for value, name in ROLE_NAMES.items()}
+_UPDATE = "/fenlo.v1.WorkspaceService/UpdateWorkspace"
+
+
+def settings_to_json(settings: workspace_pb2.WorkspaceSettings) -> dict[str, Any]:
+    return json_format.MessageToDict(settings, preserving_proto_field_name=True)
+
+
+def settings_from_json(data: dict[str, Any]) -> workspace_pb2.WorkspaceSettings:
+    return json_format.ParseDict(
+        data, workspace_pb2.WorkspaceSettings(), ignore_unknown_fields=True
+    )
+
+
+def quotas_to_json(quotas: workspace_pb2.WorkspaceQuotas) -> dict[str, Any]:
+    return json_format.MessageToDict(quotas, preserving_proto_field_name=True)
+
+
+class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
+    def __init__(self, deps: Deps) -> None:
+        self._deps = deps
+
+    def _to_proto(self, row: WorkspaceRow) -> workspace_pb2.Workspace:
+        quotas = effective_quotas(row.quotas, self._deps.settings)
+        return workspace_pb2.Workspace(
+            name=names.workspace(row.id),
+            display_name=row.display_name,
+            settings=settings_from_json(row.settings),
+            quotas=workspace_pb2.WorkspaceQuotas(
+                requests_per_minute=quotas.requests_per_minute,
+                concurrent_chat_streams=quotas.concurrent_chat_streams,
+                turns_per_minute=quotas.turns_per_minute,
+                tokens_per_day=quotas.tokens_per_day,
+                principal_requests_per_minute=quotas.principal_requests_per_minute,
+            ),
+            create_time=to_timestamp(row.create_time),
+            update_time=to_timestamp(row.update_time),
+        )
+
+    async def CreateWorkspace(
+        self, request: workspace_pb2.CreateWorkspaceRequest, context: Ctx
+    ) -> workspace_pb2.Workspace:
+        violations = Violations()
+        validate_workspace(violations, request.workspace)
+        violations.raise_if_any()
+        request_id = request_id_of(request.request_id)
+        digest = request_hash(request) if request_id else None
+        db = self._deps.db
+        async with db.unscoped("create workspace") as session:
+            store = WorkspaceStore(session)
+            if request_id is not None:
+                existing = await store.find_by_request_id(request_id)
+                if existing is not None:
+                    return self._replay(existing, digest)
+            try:
+                row = await store.create(
+                    display_name=request.workspace.display_name,
+                    settings=settings_to_json(request.workspace.settings),
+                    quotas=quotas_to_json(request.workspace.quotas),
+                    request_id=request_id,
+                    request_hash=digest,
+                )
+            except DuplicateRequest:
+                row = None
+        if row is None:  # a concurrent retry with the same request_id won
+            async with db.unscoped("create workspace (retry)") as session:
+                existing = await WorkspaceStore(session).find_by_request_id(request_id or "")
+            if existing is None:
+                raise RuntimeError("request_id conflict without a stored workspace")
+            return self._replay(existing, digest)
+        return self._to_proto(row)
+
+    def _replay(self, row: WorkspaceRow, digest: str | None) -> workspace_pb2.Workspace:
+        if row.request_hash != digest:
+            raise request_id_conflict()
+        return self._to_proto(row)
+
+    async def GetWorkspace(
+        self, request: workspace_pb2.GetWorkspaceRequest, context: Ctx
+    ) -> workspace_pb2.Workspace:
+        workspace_id = names.workspace_id(request.name)
+        authorize_workspace(workspace_id)
+        async with self._deps.db.workspace(workspace_id) as session:
+            row = await WorkspaceStore(session).get(workspace_id)
+        if row is None:
+            raise not_found("workspace", request.name)
+        return self._to_proto(row)
+
+    async def ListWorkspaces(
+        self, request: workspace_pb2.ListWorkspacesRequest, context: Ctx
+    ) -> workspace_pb2.ListWorkspacesResponse:
+        principal = get_principal()
+        size = page_size(
+            request.page_size,
+            self._deps.settings.default_page_size,
+            self._deps.settings.max_page_size,
+        )
+        query = {"method": "ListWorkspaces"}
+        before = None
+        if request.page_token:
+            cursor = self._deps.page_tokens.decode(request.page_token, principal.scope, query)
+            before = str(cursor.get("id", ""))
+        db = self._deps.db
+        if principal.is_platform_admin:
+            async with db.unscoped("platform admin lists workspaces") as session:
+                rows = await WorkspaceStore(session).list_page(limit=size + 1, before_id=before)
+        else:
+            assert principal.workspace_id is not None
+            async with db.workspace(principal.workspace_id) as session:
+                rows = await WorkspaceStore(session).list_page(limit=size + 1, before_id=before)
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = self._deps.page_tokens.encode(principal.scope, query, {"id": rows[-1].id})
+        return workspace_pb2.ListWorkspacesResponse(
+            workspaces=[self._to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def UpdateWorkspace(
+        self, request: workspace_pb2.UpdateWorkspaceRequest, context: Ctx
+    ) -> workspace_pb2.Workspace:
+        workspace_id = names.workspace_id(request.workspace.name, "workspace.name")
+        principal = authorize_workspace(workspace_id)
+        paths = _update_paths(request.update_mask, request.workspace)
+        if not principal.is_platform_admin:
+            for path in paths:
+                if path.split(".")[0] in PLATFORM_ONLY_FIELDS[_UPDATE]:
+                    raise PermissionDenied(
+                        Reason.ERROR_REASON_PERMISSION_DENIED_ROLE,
+                        f"only a platform admin may change {path}",
+                        metadata={"field": path},
+                    )
+        async with self._deps.db.workspace(workspace_id) as session:
+            store = WorkspaceStore(session)
+            row = await store.get(workspace_id)
+            if row is None:
+                raise not_found("workspace", request.workspace.name)
+            merged = workspace_pb2.Workspace(
+                display_name=row.display_name,
+                settings=settings_from_json(row.settings),
+                quotas=json_format.ParseDict(row.quotas, workspace_pb2.WorkspaceQuotas()),
+            )
+            field_mask_pb2.FieldMask(paths=paths).MergeMessage(
+                request.workspace, merged, replace_message_field=True, replace_repeated_field=True
+            )
+            violations = Violations()
+            validate_workspace(violations, merged)
+            violations.raise_if_any()
+            row.display_name = merged.display_name
+            row.settings = settings_to_json(merged.settings)
+            row.quotas = quotas_to_json(merged.quotas)
+            row = await store.save(row)
+        self._deps.directory.invalidate(workspace_id)
+        return self._to_proto(row)
+
+    async def DeleteWorkspace(
+        self, request: workspace_pb2.DeleteWorkspaceRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        workspace_id = names.workspace_id(request.name)
+        authorize_workspace(workspace_id)
+        async with self._deps.db.workspace(workspace_id) as session:
+            deleted = await WorkspaceStore(session).delete(workspace_id)
+        if not deleted:
+            raise not_found("workspace", request.name)
+        self._deps.directory.invalidate(workspace_id)
+        self._deps.authenticator.forget_workspace(workspace_id)
+        return empty_pb2.Empty()
+
+    # API keys
+
+    async def CreateApiKey(
+        self, request: workspace_pb2.CreateApiKeyRequest, context: Ctx
+    ) -> workspace_pb2.CreateApiKeyResponse:
+        workspace_id = names.workspace_id(request.parent, "parent")
+        authorize_workspace(workspace_id)
+        violations = Violations()
+        check_text(violations, "api_key.display_name", request.api_key.display_name, max_chars=200)
+        roles: list[str] = []
+        for i, role in enumerate(request.api_key.roles):
+            if role not in ROLE_NAMES:
+                violations.add(
+                    f"api_key.roles[{i}]",
+                    "must be ROLE_ADMIN, ROLE_AGENT or ROLE_SERVICE (platform admin is "
+                    "never granted to a key)",
+                )
+            elif ROLE_NAMES[role] not in roles:
+                roles.append(ROLE_NAMES[role])
+        violations.raise_if_any()
+        secret = apikeys.generate()
+        async with self._deps.db.workspace(workspace_id) as session:
+            if await WorkspaceStore(session).get(workspace_id) is None:
+                raise not_found("workspace", request.parent)
+            row = await ApiKeyRepository(session).create(
+                display_name=request.api_key.display_name,
+                roles=roles or [SERVICE],
+                secret_hash=apikeys.hash_key(secret),
+                prefix=apikeys.shown_prefix(secret),
+            )
+        return workspace_pb2.CreateApiKeyResponse(api_key=_key_to_proto(row), secret=secret)
+
+    async def ListApiKeys(
+        self, request: workspace_pb2.ListApiKeysRequest, context: Ctx
+    ) -> workspace_pb2.ListApiKeysResponse:
+        workspace_id = names.workspace_id(request.parent, "parent")
+        principal = authorize_workspace(workspace_id)
+        size = page_size(
+            request.page_size,
+            self._deps.settings.default_page_size,
+            self._deps.settings.max_page_size,
+        )
+        query = {"method": "ListApiKeys", "parent": request.parent}
+        before = None
+        if request.page_token:
+            cursor = self._deps.page_tokens.decode(request.page_token, principal.scope, query)
+            before = str(cursor.get("id", ""))
+        async with self._deps.db.workspace(workspace_id) as session:
+            rows = await ApiKeyRepository(session).list_page(limit=size + 1, before_id=before)
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = self._deps.page_tokens.encode(principal.scope, query, {"id": rows[-1].id})
+        return workspace_pb2.ListApiKeysResponse(
+            api_keys=[_key_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def DeleteApiKey(
+        self, request: workspace_pb2.DeleteApiKeyRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        workspace_id, key_id = names.parse("api_key", request.name, "name")
+        authorize_workspace(workspace_id)
+        async with self._deps.db.workspace(workspace_id) as session:
+            row = await ApiKeyRepository(session).delete(key_id)
+        if row is None:
+            raise not_found("API key", request.name)
+        self._deps.authenticator.forget_api_key(key_id)
+        return empty_pb2.Empty()
+
+
+def _key_to_proto(row: ApiKeyRow) -> workspace_pb2.ApiKey:
+    return workspace_pb2.ApiKey(
+        name=names.api_key(row.workspace_id, row.id),
+        display_name=row.display_name,
+        roles=[ROLE_VALUES[r] for r in row.roles if r in ROLE_VALUES],
+        prefix=row.prefix,
+        create_time=to_timestamp(row.create_time),
+        last_use_time=to_timestamp(row.last_use_time),
+    )
+
+
+def _update_paths(mask: field_mask_pb2.FieldMask, workspace: workspace_pb2.Workspace) -> list[str]:
+    """The validated field paths an update changes (AIP-134)."""
+    paths = list(mask.paths)
+    if not paths:
+        paths = [f.name for f, _ in workspace.ListFields() if f.name in UPDATABLE]
+        if not paths:
+            raise invalid("update_mask", "names no field to update, and workspace sets none")
+        return paths
+    if "*" in paths:
+        if len(paths) > 1:
+            raise _bad_mask("`*` cannot be combined with other paths")
+        return list(UPDATABLE)
+    for path in paths:
+        if path.split(".")[0] not in UPDATABLE:
+            raise _bad_mask(f"{path!r} cannot be updated; use {', '.join(UPDATABLE)}")
+    if not field_mask_pb2.FieldMask(paths=paths).IsValidForDescriptor(
+        workspace_pb2.Workspace.DESCRIPTOR
+    ):
+        raise _bad_mask(f"{', '.join(paths)} names a field Workspace does not have")
+    return paths
+
+
+def _bad_mask(description: str) -> InvalidArgument:
+    return InvalidArgument(
+        Reason.ERROR_REASON_UPDATE_MASK_INVALID,
+        f"invalid update_mask: {description}",
+        violations=[FieldViolation("update_mask", description)],
+    )

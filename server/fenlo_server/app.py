@@ -1,0 +1,211 @@
+"""The composition root: settings -> stores -> services -> grpc.aio server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from fenlo.v1 import (
+    chat_pb2,
+    chat_pb2_grpc,
+    conversation_pb2,
+    conversation_pb2_grpc,
+    workspace_pb2,
+    workspace_pb2_grpc,
+)
+from fenlo_server import metrics, secrets_store
+from fenlo_server.api.chat import ChatHub, ChatServicer
+from fenlo_server.api.common import Deps
+from fenlo_server.api.conversations import ConversationServicer
+from fenlo_server.api.workspaces import WorkspaceServicer
+from fenlo_server.auth.authenticator import Authenticator
+from fenlo_server.auth.tokens import TokenService, load_jwks, load_private_key
+from fenlo_server.config import Settings
+from fenlo_server.directory import WorkspaceDirectory
+from fenlo_server.interceptors.auth import AuthInterceptor
+from fenlo_server.interceptors.errors import ErrorInterceptor
+from fenlo_server.interceptors.observability import ObservabilityInterceptor
+from fenlo_server.interceptors.ratelimit import RateLimitInterceptor
+from fenlo_server.pagination import PageTokens
+from fenlo_server.ratelimit.local import LocalRateLimiter
+from fenlo_server.storage import migrate
+from fenlo_server.storage.db import Database
+
+log = logging.getLogger("fenlo.server")
+
+SERVICES = (
+    workspace_pb2.DESCRIPTOR.services_by_name["WorkspaceService"].full_name,
+    conversation_pb2.DESCRIPTOR.services_by_name["ConversationService"].full_name,
+    chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
+)
+
+
+def build_token_service(settings: Settings) -> TokenService:
+    """The JWT keyring from the settings (shared by the server and the CLI)."""
+    if settings.jwt_secret is not None:
+        hs_secret = settings.jwt_secret.get_secret_value().encode()
+    else:
+        hs_secret = secrets_store.load_or_create(settings.data_dir / "jwt-hs256.secret")
+    private_key = None
+    if settings.jwt_private_key_file is not None:
+        private_key = load_private_key(settings.jwt_private_key_file, settings.jwt_private_key_id)
+    jwks = load_jwks(settings.jwt_jwks_file) if settings.jwt_jwks_file is not None else []
+    return TokenService(
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        hs256_secret=hs_secret,
+        private_key=private_key,
+        jwks=jwks,
+        leeway_seconds=settings.jwt_leeway_seconds,
+    )
+
+
+async def open_database(settings: Settings) -> Database:
+    """Open the database and bring its schema up to date (or check that it is)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.resolved_database_url())
+    try:
+        if settings.should_auto_migrate():
+            await migrate.upgrade(db)
+        elif await migrate.pending(db):
+            raise RuntimeError(
+                "the database schema is behind this server version: run `fenlo migrate`"
+            )
+    except BaseException:
+        await db.dispose()
+        raise
+    return db
+
+
+class FenloApp:
+    """A configured server: ``await create()``, ``await start()``, ``await stop()``."""
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self.tokens = build_token_service(settings)
+        if settings.page_token_secret is not None:
+            page_secret = settings.page_token_secret.get_secret_value().encode()
+        else:
+            page_secret = secrets_store.load_or_create(settings.data_dir / "page-token.secret")
+        self.limiter = LocalRateLimiter()
+        self.directory = WorkspaceDirectory(db, settings)
+        self.authenticator = Authenticator(self.tokens, db, settings.cache_ttl_seconds)
+        self.deps = Deps(
+            settings=settings,
+            db=db,
+            page_tokens=PageTokens(page_secret),
+            directory=self.directory,
+            authenticator=self.authenticator,
+            tokens=self.tokens,
+        )
+        self.chat_hub = ChatHub()
+        self.health = health.aio.HealthServicer()
+        self.server = aio.server(
+            interceptors=[
+                ObservabilityInterceptor(),
+                ErrorInterceptor(),
+                AuthInterceptor(self.authenticator),
+                RateLimitInterceptor(self.limiter, self.directory),
+            ],
+            options=[
+                ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+                ("grpc.max_send_message_length", settings.max_send_message_bytes),
+                ("grpc.keepalive_time_ms", settings.keepalive_time_seconds * 1000),
+                ("grpc.keepalive_timeout_ms", settings.keepalive_timeout_seconds * 1000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(
+            WorkspaceServicer(self.deps), self.server
+        )
+        conversation_pb2_grpc.add_ConversationServiceServicer_to_server(
+            ConversationServicer(self.deps), self.server
+        )
+        chat_pb2_grpc.add_ChatServiceServicer_to_server(
+            ChatServicer(self.deps, self.chat_hub), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        address = f"{settings.host}:{settings.port}"
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())]
+            )
+            self.port = self.server.add_secure_port(address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
+        self.tls = settings.tls_cert_file is not None
+        self.metrics_port: int | None = None
+        self._stopping: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def create(cls, settings: Settings) -> FenloApp:
+        db = await open_database(settings)
+        try:
+            return cls(settings, db)
+        except BaseException:
+            await db.dispose()
+            raise
+
+    async def start(self) -> None:
+        await self.server.start()
+        for service in ("", *SERVICES):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if self.settings.metrics_port:
+            try:
+                self.metrics_port = metrics.serve_metrics(
+                    self.settings.metrics_host, self.settings.metrics_port
+                )
+            except OSError as exc:
+                log.warning(
+                    "metrics endpoint not started",
+                    extra={"port": self.settings.metrics_port, "error": str(exc)},
+                )
+        log.info(
+            "fenlo listening",
+            extra={
+                "address": f"{self.settings.host}:{self.port}",
+                "tls": self.tls,
+                "database": self.db.engine.url.render_as_string(hide_password=True),
+                "metrics_port": self.metrics_port,
+            },
+        )
+
+    def stop(self, grace: float | None = None) -> asyncio.Task[None]:
+        """Begin a graceful shutdown (idempotent); await the returned task to wait for it."""
+        if self._stopping is None:
+            grace = self.settings.shutdown_grace_seconds if grace is None else grace
+            self._stopping = asyncio.get_running_loop().create_task(self._stop(grace))
+        return self._stopping
+
+    async def _stop(self, grace: float) -> None:
+        """Health NOT_SERVING, drain notices, wait for chats up to ``grace``, then stop."""
+        started = time.monotonic()
+        await self.health.enter_graceful_shutdown()
+        told = self.chat_hub.drain(grace)
+        log.info("shutting down", extra={"grace_seconds": grace, "open_chat_streams": told})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.chat_hub.wait_closed(), grace)
+        remaining = max(grace - (time.monotonic() - started), 0.0)
+        # Chats still open after the grace period are cut at once; unary calls in
+        # flight get what is left of it.
+        await self.server.stop(min(remaining, 1.0) if self.chat_hub.open_sessions else remaining)
+        await self.authenticator.drain()
+        await self.db.dispose()
+        log.info("stopped", extra={"seconds": round(time.monotonic() - started, 3)})
+
+    async def wait_for_termination(self) -> None:
+        await self.server.wait_for_termination()

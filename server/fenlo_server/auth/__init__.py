@@ -1,0 +1,1 @@
+"""Authentication (JWT and API keys), the Principal, and the permission table."""

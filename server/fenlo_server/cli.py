@@ -1,0 +1,260 @@
+"""The ``fenlo`` command.
+
+    fenlo serve [--demo]                         run the server
+    fenlo migrate                                bring the database schema up to date
+    fenlo workspace create DISPLAY_NAME          prints the new workspace id last
+    fenlo token create --workspace ID [--role R] [--ttl 24h]   prints the JWT last
+    fenlo apikey create --workspace ID [--role R] [--name N]   prints the key last
+
+The operator commands work on the database directly with the server's settings
+(FENLO_DATA_DIR, FENLO_DATABASE_URL, ...), so they need no token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import shlex
+import signal
+import sys
+import uuid
+from collections.abc import Sequence
+
+from fenlo_server import logs
+from fenlo_server.auth import apikeys
+from fenlo_server.auth.principal import ADMIN, ALL_ROLES, PLATFORM_ADMIN, WORKSPACE_ROLES
+from fenlo_server.config import Settings
+
+DEMO_REQUEST_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "https://fenlo.ai/demo-workspace"))
+DEMO_TOKEN_TTL = 24 * 3600
+
+
+def parse_ttl(text: str) -> int:
+    """Seconds from `90`, `30m`, `24h` or `7d`."""
+    match = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use e.g. 3600, 30m, 24h, 7d")
+    value = int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the duration must be positive")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fenlo", description="Fenlo conversational AI backend")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--host", help="listen address (FENLO_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (FENLO_PORT)")
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="create a demo workspace on first start and print a token and a first call",
+    )
+
+    commands.add_parser("migrate", help="apply database migrations")
+
+    workspace = commands.add_parser("workspace", help="manage workspaces").add_subparsers(
+        dest="action", required=True
+    )
+    ws_create = workspace.add_parser("create", help="create a workspace; prints its id last")
+    ws_create.add_argument("display_name")
+
+    token = commands.add_parser("token", help="issue JWTs").add_subparsers(
+        dest="action", required=True
+    )
+    token_create = token.add_parser("create", help="issue a JWT; prints it last")
+    token_create.add_argument("--workspace", help="workspace id (omit for platform_admin)")
+    token_create.add_argument(
+        "--role",
+        action="append",
+        choices=sorted(ALL_ROLES),
+        help="role to grant (repeatable; default admin)",
+    )
+    token_create.add_argument(
+        "--ttl",
+        type=parse_ttl,
+        default=parse_ttl("24h"),
+        help="lifetime, e.g. 30m, 24h, 7d (default 24h)",
+    )
+    token_create.add_argument("--subject", default="operator", help="the token's sub")
+
+    apikey = commands.add_parser("apikey", help="manage API keys").add_subparsers(
+        dest="action", required=True
+    )
+    key_create = apikey.add_parser("create", help="create an API key; prints it last")
+    key_create.add_argument("--workspace", required=True, help="workspace id")
+    key_create.add_argument(
+        "--role",
+        action="append",
+        choices=sorted(WORKSPACE_ROLES),
+        help="role to grant (repeatable; default service)",
+    )
+    key_create.add_argument("--name", default="", help="display name")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    logs.configure(settings.log_level, settings.log_format if args.command == "serve" else "text")
+    try:
+        if args.command == "serve":
+            return asyncio.run(_serve(settings, demo=args.demo))
+        if args.command == "migrate":
+            return asyncio.run(_migrate(settings))
+        if args.command == "workspace":
+            return asyncio.run(_workspace_create(settings, args.display_name))
+        if args.command == "token":
+            return _token_create(settings, args)
+        if args.command == "apikey":
+            return asyncio.run(_apikey_create(settings, args))
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f"fenlo: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+async def _serve(settings: Settings, *, demo: bool) -> int:
+    from fenlo_server.app import FenloApp
+
+    app = await FenloApp.create(settings)
+    await app.start()
+    print(f"fenlo: listening on {settings.host}:{app.port}", flush=True)
+    if demo:
+        await _print_demo(app)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, app.stop)
+    await app.wait_for_termination()
+    await app.stop()
+    return 0
+
+
+async def _print_demo(app: object) -> None:
+    from fenlo.v1 import workspace_pb2
+    from fenlo_server.app import FenloApp
+    from fenlo_server.storage.repositories import WorkspaceStore
+
+    assert isinstance(app, FenloApp)
+    async with app.db.unscoped("demo workspace") as session:
+        store = WorkspaceStore(session)
+        row = await store.find_by_request_id(DEMO_REQUEST_ID)
+        if row is None:
+            settings = workspace_pb2.WorkspaceSettings(
+                assistant_name="Fenlo Demo Assistant",
+                system_prompt="You are the helpful assistant of a small demo business.",
+                language="en",
+            )
+            from fenlo_server.api.workspaces import settings_to_json
+
+            row = await store.create(
+                display_name="Demo workspace",
+                settings=settings_to_json(settings),
+                quotas={},
+                request_id=DEMO_REQUEST_ID,
+                request_hash="demo",
+            )
+    token = app.tokens.issue(
+        subject="demo-admin", workspace_id=row.id, roles=[ADMIN], ttl_seconds=DEMO_TOKEN_TTL
+    )
+    target = f"{'https' if app.tls else 'http'}://{app.settings.host}:{app.port}"
+    body = json.dumps({"name": f"workspaces/{row.id}"})
+    command = (
+        ".venv/bin/buf curl --protocol grpc --http2-prior-knowledge "
+        f"-H {shlex.quote('authorization: Bearer ' + token)} "
+        f"-d {shlex.quote(body)} "
+        f"{target}/fenlo.v1.WorkspaceService/GetWorkspace"
+    )
+    print(
+        "\n"
+        f"Demo workspace: workspaces/{row.id}\n"
+        f"Token (admin, valid 24h):\n  export FENLO_TOKEN={token}\n"
+        "First call (paste it in another terminal at the repository root):\n"
+        f"  {command}\n",
+        flush=True,
+    )
+
+
+async def _migrate(settings: Settings) -> int:
+    from fenlo_server.storage import migrate
+    from fenlo_server.storage.db import Database
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.resolved_database_url())
+    try:
+        await migrate.upgrade(db)
+    finally:
+        await db.dispose()
+    print("fenlo: database is up to date")
+    return 0
+
+
+async def _workspace_create(settings: Settings, display_name: str) -> int:
+    from fenlo_server.app import open_database
+    from fenlo_server.storage.repositories import WorkspaceStore
+
+    if not display_name.strip() or len(display_name) > 200:
+        raise ValueError("the display name must be 1 to 200 characters")
+    db = await open_database(settings)
+    try:
+        async with db.unscoped("operator creates workspace") as session:
+            row = await WorkspaceStore(session).create(
+                display_name=display_name, settings={}, quotas={}
+            )
+    finally:
+        await db.dispose()
+    print(f"created workspace workspaces/{row.id} ({display_name})", file=sys.stderr)
+    print(row.id)
+    return 0
+
+
+def _token_create(settings: Settings, args: argparse.Namespace) -> int:
+    from fenlo_server.app import build_token_service
+
+    roles = args.role or [ADMIN]
+    if args.workspace is None and PLATFORM_ADMIN not in roles:
+        raise ValueError("--workspace is required unless --role platform_admin")
+    tokens = build_token_service(settings)
+    token = tokens.issue(
+        subject=args.subject, workspace_id=args.workspace, roles=roles, ttl_seconds=args.ttl
+    )
+    print(token)
+    return 0
+
+
+async def _apikey_create(settings: Settings, args: argparse.Namespace) -> int:
+    from fenlo_server.app import open_database
+    from fenlo_server.storage.repositories import ApiKeyRepository, WorkspaceStore
+
+    db = await open_database(settings)
+    key = apikeys.generate()
+    try:
+        async with db.workspace(args.workspace) as session:
+            if await WorkspaceStore(session).get(args.workspace) is None:
+                raise ValueError(f"workspace {args.workspace} does not exist")
+            row = await ApiKeyRepository(session).create(
+                display_name=args.name,
+                roles=sorted(set(args.role or ["service"])),
+                secret_hash=apikeys.hash_key(key),
+                prefix=apikeys.shown_prefix(key),
+            )
+    finally:
+        await db.dispose()
+    print(f"created API key workspaces/{row.workspace_id}/apiKeys/{row.id}", file=sys.stderr)
+    print(key)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    with contextlib.suppress(KeyboardInterrupt):
+        raise SystemExit(main())
+    logging.shutdown()

@@ -1,0 +1,101 @@
+"""One Settings object for the whole server, read from ``FENLO_*`` environment variables.
+
+Every setting has an embedded default, so ``fenlo serve`` runs with no set-up:
+SQLite and generated secrets in ``FENLO_DATA_DIR``, in-process limits and
+cache, the offline LLM provider.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Server configuration. Each field is the env var ``FENLO_<FIELD NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="FENLO_", extra="ignore")
+
+    data_dir: Path = Field(
+        Path(".fenlo"), description="Holds the SQLite file and generated secrets."
+    )
+    host: str = Field("127.0.0.1", description="Address the gRPC server listens on.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy async URL, e.g. postgresql+asyncpg://user@host/db. "
+        "Default: SQLite file fenlo.db in the data directory.",
+    )
+    auto_migrate: bool | None = Field(
+        None,
+        description="Apply database migrations on start. Default: yes for SQLite, no otherwise "
+        "(run `fenlo migrate`).",
+    )
+    redis_url: str | None = Field(None, description="Redis URL; unset keeps all state in-process.")
+
+    jwt_secret: SecretStr | None = Field(
+        None,
+        description="HS256 secret for tokens. Default: generated on first run and kept in "
+        "the data directory (set it explicitly when several replicas share a database).",
+    )
+    jwt_issuer: str = Field("fenlo", description="The `iss` tokens must carry.")
+    jwt_audience: str = Field("fenlo", description="The `aud` tokens must carry.")
+    jwt_private_key_file: Path | None = Field(
+        None,
+        description="PEM private key (RSA or Ed25519) to issue RS256/EdDSA tokens with; "
+        "its public key is trusted too.",
+    )
+    jwt_private_key_id: str | None = Field(
+        None, description="The `kid` of jwt_private_key_file. Default: its thumbprint."
+    )
+    jwt_jwks_file: Path | None = Field(
+        None, description="JWKS file of public keys to verify RS256/EdDSA tokens, by `kid`."
+    )
+    jwt_leeway_seconds: int = Field(30, ge=0, description="Clock skew allowed on exp and nbf.")
+    page_token_secret: SecretStr | None = Field(
+        None,
+        description="Key that signs page tokens. Default: generated in the data directory.",
+    )
+
+    tls_cert_file: Path | None = Field(None, description="PEM certificate chain; enables TLS.")
+    tls_key_file: Path | None = Field(None, description="PEM private key for tls_cert_file.")
+
+    max_receive_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_send_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    keepalive_time_seconds: int = Field(30, ge=1, description="Ping idle connections this often.")
+    keepalive_timeout_seconds: int = Field(10, ge=1)
+    shutdown_grace_seconds: float = Field(
+        10.0, ge=0, description="How long open calls may run after SIGTERM."
+    )
+
+    metrics_port: int | None = Field(
+        9464, description="Prometheus metrics port; 0 or unset disables the endpoint."
+    )
+    metrics_host: str = Field("127.0.0.1")
+    log_level: str = Field("INFO")
+    log_format: Literal["json", "text"] = Field("json")
+
+    default_requests_per_minute: int = Field(1200, ge=1)
+    default_concurrent_chat_streams: int = Field(100, ge=1)
+    default_turns_per_minute: int = Field(600, ge=1)
+    default_tokens_per_day: int = Field(5_000_000, ge=1)
+
+    default_page_size: int = Field(50, ge=1)
+    max_page_size: int = Field(1000, ge=1)
+    max_user_text_chars: int = Field(8000, ge=1)
+    cache_ttl_seconds: float = Field(5.0, ge=0, description="In-process cache lifetime.")
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'fenlo.db').resolve()}"
+
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url().startswith("sqlite")
+
+    def should_auto_migrate(self) -> bool:
+        return self.is_sqlite() if self.auto_migrate is None else self.auto_migrate

@@ -1,0 +1,1 @@
+"""gRPC server interceptors, outermost first: observability, errors, auth, rate limit."""

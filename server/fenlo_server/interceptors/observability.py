@@ -1,0 +1,72 @@
+"""One structured log line and metrics per RPC (method, workspace, code, duration)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from fenlo_server import metrics
+from fenlo_server.interceptors.base import Around, CallState, WrappingInterceptor, current_call
+
+log = logging.getLogger("fenlo.rpc")
+
+
+class _Observe:
+    __slots__ = ("_context", "_state")
+
+    def __init__(self, method: str, context: aio.ServicerContext[Any, Any]) -> None:
+        self._context = context
+        self._state = CallState(method)
+
+    async def __aenter__(self) -> None:
+        # Each RPC runs in its own task, so the value needs no reset.
+        current_call.set(self._state)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        state = self._state
+        code = state.code
+        if code is None:
+            if exc is None or isinstance(exc, GeneratorExit):
+                code = _code_of(self._context)
+            elif isinstance(exc, asyncio.CancelledError):
+                remaining = self._context.time_remaining()
+                expired = remaining is not None and remaining <= 0
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            else:
+                code = grpc.StatusCode.UNKNOWN
+        duration = time.perf_counter() - state.started
+        metrics.RPC_TOTAL.labels(state.method, code.name).inc()
+        metrics.RPC_SECONDS.labels(state.method).observe(duration)
+        principal = state.principal
+        fields: dict[str, Any] = {
+            "method": state.method,
+            "code": code.name,
+            "duration_ms": round(duration * 1000, 3),
+            "workspace": principal.workspace_id if principal else None,
+            "subject": principal.subject if principal else None,
+        }
+        if state.correlation_id:
+            fields["correlation_id"] = state.correlation_id
+        log.info("rpc", extra=fields)
+
+
+def _code_of(context: aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    """The code a handler set on its context (the stubs do not admit it may be None)."""
+    value: object = context.code()
+    return value if isinstance(value, grpc.StatusCode) else grpc.StatusCode.OK
+
+
+class ObservabilityInterceptor(WrappingInterceptor):
+    def around(self, method: str, context: aio.ServicerContext[Any, Any]) -> Around:
+        return _Observe(method, context)

@@ -1,0 +1,36 @@
+"""Prometheus metrics, served on FENLO_METRICS_PORT."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+RPC_TOTAL = Counter(
+    "fenlo_rpc_total",
+    "RPCs handled, by method and status code.",
+    ["method", "code"],
+    registry=REGISTRY,
+)
+RPC_SECONDS = Histogram(
+    "fenlo_rpc_duration_seconds",
+    "RPC duration (for streams: the whole stream), by method.",
+    ["method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+RATE_LIMITED = Counter(
+    "fenlo_rate_limited_total",
+    "Requests refused by a rate or concurrency limit.",
+    ["limit"],
+    registry=REGISTRY,
+)
+OPEN_CHAT_STREAMS = Gauge(
+    "fenlo_open_chat_streams", "Chat streams open on this server.", registry=REGISTRY
+)
+
+
+def serve_metrics(host: str, port: int) -> int:
+    """Start the metrics HTTP endpoint in a daemon thread; return its port."""
+    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+    return int(server.server_port)

@@ -1,0 +1,1 @@
+"""Rate limiting behind one interface; the in-process backend is the default."""

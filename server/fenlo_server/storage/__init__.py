@@ -1,0 +1,1 @@
+"""Persistence: models, workspace-scoped repositories, migrations."""
