@@ -62,7 +62,10 @@ def generate(out_root: Path) -> None:
         f"--mypy_grpc_out={out_root}",
         *[str(p.relative_to(PROTO_ROOT)) for p in proto_files()],
     ]
-    subprocess.run(args, check=True, cwd=PROTO_ROOT)
+    result = subprocess.run(args, cwd=PROTO_ROOT, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout + result.stderr)
+        raise SystemExit(f"protoc failed with exit code {result.returncode}")
     (out_dir / "__init__.py").write_text(INIT)
     (out_dir / "py.typed").write_text("")
     (out_dir / HASH_FILE).write_text(inputs_hash() + "\n")
