@@ -10,7 +10,7 @@ GEN_DIR := clients/python/fenlo/v1
 GEN_STAMP := $(GEN_DIR)/.generated-from
 CONTRACT_IMAGE := protos/released/fenlo-v1.binpb
 
-.PHONY: run test lint generate check-generated buf-lint buf-breaking contract-image reliability clean
+.PHONY: run test lint docs generate check-generated buf-lint buf-breaking contract-image reliability clean
 
 # Create the virtual environment and install Fenlo with its development tools.
 $(STAMP): pyproject.toml
@@ -56,12 +56,16 @@ generate-if-stale: $(STAMP)
 check-generated: $(STAMP)
 	$(PY) scripts/generate.py --check
 
+# Regenerate the reference tables in docs/ from the code.
+docs: $(STAMP)
+	$(PY) scripts/docs.py
+
 buf-lint: $(STAMP)
 	$(BIN)/buf lint
 
 # Compare the contract against the committed image of the released contract.
 buf-breaking: $(STAMP)
-	$(BIN)/buf breaking --against $(CONTRACT_IMAGE)
+	$(BIN)/buf breaking --against $(CONTRACT_IMAGE) --exclude-path third_party
 
 # Refresh the released-contract image. Do this only on purpose, in a commit
 # that says why.

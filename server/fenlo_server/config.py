@@ -35,7 +35,6 @@ class Settings(BaseSettings):
         description="Apply database migrations on start. Default: yes for SQLite, no otherwise "
         "(run `fenlo migrate`).",
     )
-    redis_url: str | None = Field(None, description="Redis URL; unset keeps all state in-process.")
 
     jwt_secret: SecretStr | None = Field(
         None,
@@ -64,10 +63,16 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = Field(None, description="PEM certificate chain; enables TLS.")
     tls_key_file: Path | None = Field(None, description="PEM private key for tls_cert_file.")
 
-    max_receive_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    max_send_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_receive_message_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest request message accepted."
+    )
+    max_send_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest response message sent."
+    )
     keepalive_time_seconds: int = Field(30, ge=1, description="Ping idle connections this often.")
-    keepalive_timeout_seconds: int = Field(10, ge=1)
+    keepalive_timeout_seconds: int = Field(
+        10, ge=1, description="Close a connection whose ping is unanswered this long."
+    )
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, description="How long open calls may run after SIGTERM."
     )
@@ -75,18 +80,30 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         9464, description="Prometheus metrics port; 0 or unset disables the endpoint."
     )
-    metrics_host: str = Field("127.0.0.1")
-    log_level: str = Field("INFO")
-    log_format: Literal["json", "text"] = Field("json")
+    metrics_host: str = Field("127.0.0.1", description="Address of the metrics endpoint.")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="`json`: one JSON object per line; `text`: for people."
+    )
 
-    default_requests_per_minute: int = Field(1200, ge=1)
-    default_concurrent_chat_streams: int = Field(100, ge=1)
-    default_turns_per_minute: int = Field(600, ge=1)
-    default_tokens_per_day: int = Field(5_000_000, ge=1)
+    default_requests_per_minute: int = Field(
+        1200, ge=1, description="Quota of a workspace that sets none."
+    )
+    default_concurrent_chat_streams: int = Field(
+        100, ge=1, description="Quota of a workspace that sets none."
+    )
+    default_turns_per_minute: int = Field(
+        600, ge=1, description="Quota of a workspace that sets none."
+    )
+    default_tokens_per_day: int = Field(
+        5_000_000, ge=1, description="Quota of a workspace that sets none."
+    )
 
-    default_page_size: int = Field(50, ge=1)
-    max_page_size: int = Field(1000, ge=1)
-    max_user_text_chars: int = Field(8000, ge=1)
+    default_page_size: int = Field(50, ge=1, description="Page size when a List sets none.")
+    max_page_size: int = Field(1000, ge=1, description="Larger page sizes are lowered to this.")
+    max_user_text_chars: int = Field(
+        8000, ge=1, description="Longest user message a Chat turn accepts."
+    )
     cache_ttl_seconds: float = Field(5.0, ge=0, description="In-process cache lifetime.")
 
     def resolved_database_url(self) -> str:

@@ -57,6 +57,8 @@ class PageTokens:
             signature = _unb64(signature_text)
         except ValueError:
             raise _bad_token("is malformed") from None
+        if _b64(body) != body_text or _b64(signature) != signature_text:
+            raise _bad_token("is malformed")  # only the canonical encoding is accepted
         if not hmac.compare_digest(signature, self._sign(body)):
             raise _bad_token("was not issued by this server or was altered")
         payload = json.loads(body)
