@@ -1,32 +1,47 @@
 """The database: an async engine and sessions that are scoped to one workspace.
 
 A workspace session adds ``workspace_id = :ws`` to every ORM SELECT, UPDATE and
-DELETE of a tenant table (``with_loader_criteria``) and refuses to flush a row
-of another workspace. A session without a workspace refuses any statement on a
-tenant table unless it was opened with an explicit reason
-(:meth:`Database.unscoped`), which only the API-key lookup and the platform
-operations use. So a repository built for one workspace cannot issue an
-unscoped query, even by mistake.
+DELETE of a tenant table (``with_loader_criteria``), refuses to flush, INSERT or
+UPDATE a row with another workspace's id, and refuses Core (non-ORM) statements
+on tenant tables, which the criteria cannot scope. A session without a workspace
+refuses any statement on a tenant table (subqueries included) unless it was
+opened with an explicit reason (:meth:`Database.unscoped`), which only the
+API-key lookup and the platform operations use. So a repository built for one
+workspace cannot issue an unscoped query, even by mistake.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import BindParameter, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.expression import TableClause
 
 from fenlo_server.errors import Reason, Unavailable
-from fenlo_server.storage.models import TenantScoped
+from fenlo_server.storage.models import Base, TenantScoped
 
 WORKSPACE_KEY = "workspace_id"
 UNSCOPED_KEY = "unscoped_reason"
+_WORKSPACE_COLUMN = "workspace_id"
+
+
+class _Opaque:
+    """A written workspace_id the guard cannot read (positional values, FROM SELECT)."""
+
+    def __repr__(self) -> str:
+        return "<a value the guard cannot check>"
+
+
+_OPAQUE = _Opaque()
 
 
 class UnscopedQueryError(RuntimeError):
@@ -37,27 +52,97 @@ class TenantSession(Session):
     """The sync session class behind every AsyncSession of Fenlo."""
 
 
+@functools.cache
+def _tenant_tables() -> dict[str, str]:
+    """Table name -> model name of every mapped tenant model (fixed once mapped)."""
+    return {
+        mapper.local_table.name: mapper.class_.__name__  # type: ignore[attr-defined]
+        for mapper in Base.registry.mappers
+        if issubclass(mapper.class_, TenantScoped)
+    }
+
+
+def _tenant_tables_in(statement: Any) -> list[str]:
+    """The tenant tables a statement reads or writes anywhere, subqueries included."""
+    tenant = _tenant_tables()
+    found = {
+        tenant[element.name]
+        for element in visitors.iterate(statement)
+        if isinstance(element, TableClause) and element.name in tenant
+    }
+    return sorted(found)
+
+
+def _targets_tenant(state: ORMExecuteState) -> bool:
+    mapper = state.bind_mapper
+    return mapper is not None and issubclass(mapper.class_, TenantScoped)
+
+
+def _written_workspaces(state: ORMExecuteState) -> list[Any]:
+    """The ``workspace_id`` values an ORM INSERT or UPDATE writes (``_OPAQUE`` if unknown)."""
+    statement = state.statement
+    rows: list[Any] = []
+    if getattr(statement, "select", None) is not None:  # INSERT ... FROM SELECT
+        return [_OPAQUE]
+    values = getattr(statement, "_values", None)
+    if values:
+        rows.append(values)
+    for batch in getattr(statement, "_multi_values", None) or ():
+        rows.extend(batch)
+    parameters = state.parameters  # executemany: ORM bulk INSERT / UPDATE by primary key
+    if isinstance(parameters, Mapping):
+        rows.append(parameters)
+    elif parameters:
+        rows.extend(parameters)
+    written: list[Any] = []
+    for row in rows:
+        if not isinstance(row, Mapping):
+            written.append(_OPAQUE)  # positional values: which one is workspace_id?
+            continue
+        for key, value in row.items():
+            name = key if isinstance(key, str) else getattr(key, "key", None)
+            if name == _WORKSPACE_COLUMN:
+                written.append(value.value if isinstance(value, BindParameter) else value)
+    return written
+
+
 @event.listens_for(TenantSession, "do_orm_execute")
 def _scope_statement(state: ORMExecuteState) -> None:
-    if not (state.is_select or state.is_update or state.is_delete):
-        return
     workspace = state.session.info.get(WORKSPACE_KEY)
     if workspace is None:
         if state.session.info.get(UNSCOPED_KEY):
             return
-        for mapper in state.all_mappers:
-            if issubclass(mapper.class_, TenantScoped):
-                raise UnscopedQueryError(
-                    f"query on {mapper.class_.__name__} outside a workspace session"
-                )
+        tables = _tenant_tables_in(state.statement)
+        if tables:
+            raise UnscopedQueryError(
+                f"statement on {', '.join(tables)} outside a workspace session"
+            )
         return
-    state.statement = state.statement.options(
-        with_loader_criteria(
-            TenantScoped,
-            lambda cls: cls.workspace_id == workspace,
-            include_aliases=True,
+    if not state.is_orm_statement:
+        # with_loader_criteria scopes ORM entities only: a Core statement on a tenant
+        # table would see and change every workspace's rows.
+        tables = _tenant_tables_in(state.statement)
+        if tables:
+            raise UnscopedQueryError(
+                f"Core statement on {', '.join(tables)} in a workspace session; use an ORM "
+                "statement (select(Model), update(Model), ...) so that it is scoped"
+            )
+        return
+    if (state.is_insert or state.is_update) and _targets_tenant(state):
+        for value in _written_workspaces(state):
+            if not isinstance(value, str) or value != workspace:
+                raise UnscopedQueryError(
+                    f"{state.bind_mapper.class_.__name__} written with workspace_id "  # type: ignore[union-attr]
+                    f"{value!r} in a session of workspace {workspace}"
+                )
+    if state.is_select or state.is_update or state.is_delete:
+        state.statement = state.statement.options(
+            with_loader_criteria(
+                TenantScoped,
+                lambda cls: cls.workspace_id == workspace,
+                include_aliases=True,
+            )
         )
-    )
 
 
 @event.listens_for(TenantSession, "before_flush")
