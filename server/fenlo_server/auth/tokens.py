@@ -215,8 +215,8 @@ def _principal_from_claims(claims: dict[str, Any]) -> Principal:
     ):
         raise _invalid(f"the token's roles must be a non-empty list of {sorted(ALL_ROLES)}")
     workspace = claims.get("ws")
-    if workspace is not None and not isinstance(workspace, str):
-        raise _invalid("the token's ws must be a string")
+    if workspace is not None and (not isinstance(workspace, str) or not workspace):
+        raise _invalid("the token's ws must be a non-empty string")
     if workspace is None and PLATFORM_ADMIN not in roles:
         raise _invalid("the token has no ws claim (only platform_admin tokens may omit it)")
     return Principal(

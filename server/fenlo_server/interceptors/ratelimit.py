@@ -42,16 +42,8 @@ class _Limit:
                 f"workspace {workspace} no longer exists; its credentials are no longer valid",
             )
         quotas = info.quotas
-        decision = await self._limiter.take(f"rpm:{workspace}", quotas.requests_per_minute)
-        if not decision.allowed:
-            metrics.RATE_LIMITED.labels("workspace_requests_per_minute").inc()
-            raise ResourceExhausted(
-                Reason.ERROR_REASON_RATE_LIMITED,
-                f"workspace {workspace} exceeded {quotas.requests_per_minute} requests per "
-                f"minute; retry in {decision.retry_after:.1f}s",
-                retry_after=decision.retry_after,
-                quota_violations=[QuotaViolation(f"workspaces/{workspace}", "requests_per_minute")],
-            )
+        # The principal's own limit first: a request it refuses must not spend the
+        # workspace's quota, or one runaway client would lock out all the others.
         if quotas.principal_requests_per_minute > 0:
             decision = await self._limiter.take(
                 f"rpm:{workspace}:{principal.rate_key}", quotas.principal_requests_per_minute
@@ -67,6 +59,16 @@ class _Limit:
                         QuotaViolation(principal.subject, "principal_requests_per_minute")
                     ],
                 )
+        decision = await self._limiter.take(f"rpm:{workspace}", quotas.requests_per_minute)
+        if not decision.allowed:
+            metrics.RATE_LIMITED.labels("workspace_requests_per_minute").inc()
+            raise ResourceExhausted(
+                Reason.ERROR_REASON_RATE_LIMITED,
+                f"workspace {workspace} exceeded {quotas.requests_per_minute} requests per "
+                f"minute; retry in {decision.retry_after:.1f}s",
+                retry_after=decision.retry_after,
+                quota_violations=[QuotaViolation(f"workspaces/{workspace}", "requests_per_minute")],
+            )
         if self._method in permissions.STREAM_LIMITED:
             self._lease = await self._limiter.acquire(
                 f"streams:{workspace}", quotas.concurrent_chat_streams

@@ -1,0 +1,883 @@
+"""Tenancy and the permission table, through the real server.
+
+1. A caller of workspace A reaches nothing of workspace B: every RPC that names B
+   (or a resource under B, existing or not) is refused with PERMISSION_DENIED /
+   PERMISSION_DENIED_WORKSPACE, the refusal carries none of B's data, and B is left
+   untouched. A table holds one probe per RPC; a test walks the service descriptors
+   so a new RPC cannot be forgotten.
+2. Roles: every RPC for each workspace role, exactly as ``RPC_ROLES`` says (and
+   ``RPC_ROLES`` exactly as the contract's "Roles:" comments say); platform admins
+   may do everything; quotas are platform-only fields.
+3. Page tokens are bound to the workspace that got them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import pkgutil
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+from grpc import aio
+
+import fenlo.v1
+from fenlo.v1 import chat_pb2, conversation_pb2, workspace_pb2
+from fenlo_server.auth.permissions import RPC_ROLES
+from tests.helpers import Api, RichError, rich_error
+
+W = "/fenlo.v1.WorkspaceService/"
+C = "/fenlo.v1.ConversationService/"
+CHAT = "/fenlo.v1.ChatService/"
+
+DENIED_WORKSPACE = "PERMISSION_DENIED_WORKSPACE"
+DENIED_ROLE = "PERMISSION_DENIED_ROLE"
+OWN_ONLY = "OWN_ONLY"  # succeeds, but shows only the caller's own workspace
+
+Metadata = tuple[tuple[str, str], ...]
+OK = "OK"
+
+
+def contract_methods() -> set[str]:
+    """Every RPC of every service in every fenlo.v1 proto module."""
+    methods: set[str] = set()
+    for info in pkgutil.iter_modules(fenlo.v1.__path__):
+        if not info.name.endswith("_pb2"):
+            continue
+        module = importlib.import_module(f"fenlo.v1.{info.name}")
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                methods.add(f"/{service.full_name}/{method.name}")
+    return methods
+
+
+def mask(*paths: str) -> field_mask_pb2.FieldMask:
+    return field_mask_pb2.FieldMask(paths=list(paths))
+
+
+def ws_name(workspace_id: str) -> str:
+    return f"workspaces/{workspace_id}"
+
+
+# ---------------------------------------------------------------- chat streams
+
+
+async def chat_start(api: Api, md: Metadata, start: chat_pb2.StartChat) -> chat_pb2.ChatResponse:
+    """Open a Chat stream, send ``start``, return the first response and close it.
+
+    A refusal surfaces as the AioRpcError of the first read.
+    """
+    call = api.chat.Chat(metadata=md)
+    try:
+        with contextlib.suppress(asyncio.InvalidStateError):  # refused: read() says why
+            await call.write(chat_pb2.ChatRequest(start=start))
+        first = await call.read()
+        assert isinstance(first, chat_pb2.ChatResponse), "the Chat stream ended without a response"
+        await call.done_writing()
+        while await call.read() is not aio.EOF:
+            pass
+        return first
+    finally:
+        call.cancel()
+
+
+# ---------------------------------------------------------------- (1) cross-workspace
+
+
+@dataclass(frozen=True)
+class Target:
+    """Names under another workspace that a probe addresses."""
+
+    workspace_id: str
+    conversation: str
+    api_key: str
+
+    @property
+    def workspace(self) -> str:
+        return ws_name(self.workspace_id)
+
+
+Call = Callable[[Api, Metadata, Target], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Probe:
+    label: str
+    call: Call
+    expect: str = DENIED_WORKSPACE
+
+
+def _chat(start: Callable[[Target], chat_pb2.StartChat]) -> Call:
+    def call(api: Api, md: Metadata, t: Target) -> Awaitable[Any]:
+        return chat_start(api, md, start(t))
+
+    return call
+
+
+CROSS: dict[str, tuple[Probe, ...]] = {
+    W + "CreateWorkspace": (
+        # No workspace is named: a workspace admin simply may not create one.
+        Probe(
+            "create",
+            lambda api, md, t: api.workspaces.CreateWorkspace(
+                workspace_pb2.CreateWorkspaceRequest(
+                    workspace=workspace_pb2.Workspace(display_name="intruder")
+                ),
+                metadata=md,
+            ),
+            DENIED_ROLE,
+        ),
+    ),
+    W + "GetWorkspace": (
+        Probe(
+            "get",
+            lambda api, md, t: api.workspaces.GetWorkspace(
+                workspace_pb2.GetWorkspaceRequest(name=t.workspace), metadata=md
+            ),
+        ),
+    ),
+    W + "ListWorkspaces": (
+        Probe(
+            "list",
+            lambda api, md, t: api.workspaces.ListWorkspaces(
+                workspace_pb2.ListWorkspacesRequest(page_size=1000), metadata=md
+            ),
+            OWN_ONLY,
+        ),
+    ),
+    W + "UpdateWorkspace": (
+        Probe(
+            "rename",
+            lambda api, md, t: api.workspaces.UpdateWorkspace(
+                workspace_pb2.UpdateWorkspaceRequest(
+                    workspace=workspace_pb2.Workspace(name=t.workspace, display_name="hijacked"),
+                    update_mask=mask("display_name"),
+                ),
+                metadata=md,
+            ),
+        ),
+        Probe(
+            "settings-without-mask",
+            lambda api, md, t: api.workspaces.UpdateWorkspace(
+                workspace_pb2.UpdateWorkspaceRequest(
+                    workspace=workspace_pb2.Workspace(
+                        name=t.workspace,
+                        settings=workspace_pb2.WorkspaceSettings(system_prompt="leak it all"),
+                    )
+                ),
+                metadata=md,
+            ),
+        ),
+    ),
+    W + "DeleteWorkspace": (
+        Probe(
+            "delete",
+            lambda api, md, t: api.workspaces.DeleteWorkspace(
+                workspace_pb2.DeleteWorkspaceRequest(name=t.workspace), metadata=md
+            ),
+        ),
+    ),
+    W + "CreateApiKey": (
+        Probe(
+            "create-admin-key",
+            lambda api, md, t: api.workspaces.CreateApiKey(
+                workspace_pb2.CreateApiKeyRequest(
+                    parent=t.workspace,
+                    api_key=workspace_pb2.ApiKey(
+                        display_name="backdoor", roles=[workspace_pb2.ROLE_ADMIN]
+                    ),
+                ),
+                metadata=md,
+            ),
+        ),
+    ),
+    W + "ListApiKeys": (
+        Probe(
+            "list",
+            lambda api, md, t: api.workspaces.ListApiKeys(
+                workspace_pb2.ListApiKeysRequest(parent=t.workspace), metadata=md
+            ),
+        ),
+    ),
+    W + "DeleteApiKey": (
+        Probe(
+            "delete",
+            lambda api, md, t: api.workspaces.DeleteApiKey(
+                workspace_pb2.DeleteApiKeyRequest(name=t.api_key), metadata=md
+            ),
+        ),
+    ),
+    C + "CreateConversation": (
+        Probe(
+            "create",
+            lambda api, md, t: api.conversations.CreateConversation(
+                conversation_pb2.CreateConversationRequest(
+                    parent=t.workspace,
+                    conversation=conversation_pb2.Conversation(external_contact_id="intruder"),
+                ),
+                metadata=md,
+            ),
+        ),
+        Probe(
+            # The workspace check comes before validation, so even a bad request
+            # learns nothing about B.
+            "create-invalid",
+            lambda api, md, t: api.conversations.CreateConversation(
+                conversation_pb2.CreateConversationRequest(
+                    parent=t.workspace,
+                    conversation=conversation_pb2.Conversation(channel=999),  # type: ignore[arg-type]
+                ),
+                metadata=md,
+            ),
+        ),
+    ),
+    C + "GetConversation": (
+        Probe(
+            "get",
+            lambda api, md, t: api.conversations.GetConversation(
+                conversation_pb2.GetConversationRequest(name=t.conversation), metadata=md
+            ),
+        ),
+    ),
+    C + "ListConversations": (
+        Probe(
+            "list",
+            lambda api, md, t: api.conversations.ListConversations(
+                conversation_pb2.ListConversationsRequest(parent=t.workspace), metadata=md
+            ),
+        ),
+        Probe(
+            "list-by-contact",
+            lambda api, md, t: api.conversations.ListConversations(
+                conversation_pb2.ListConversationsRequest(
+                    parent=t.workspace, external_contact_id="b-contact", page_token="junk"
+                ),
+                metadata=md,
+            ),
+        ),
+    ),
+    C + "UpdateConversation": (
+        Probe(
+            "update",
+            lambda api, md, t: api.conversations.UpdateConversation(
+                conversation_pb2.UpdateConversationRequest(
+                    conversation=conversation_pb2.Conversation(
+                        name=t.conversation,
+                        metadata={"owned": "by-a"},
+                        state=conversation_pb2.CONVERSATION_STATE_CLOSED,
+                    ),
+                    update_mask=mask("metadata", "state"),
+                ),
+                metadata=md,
+            ),
+        ),
+    ),
+    C + "DeleteConversation": (
+        Probe(
+            "delete",
+            lambda api, md, t: api.conversations.DeleteConversation(
+                conversation_pb2.DeleteConversationRequest(name=t.conversation), metadata=md
+            ),
+        ),
+    ),
+    C + "ListMessages": (
+        Probe(
+            "list",
+            lambda api, md, t: api.conversations.ListMessages(
+                conversation_pb2.ListMessagesRequest(parent=t.conversation), metadata=md
+            ),
+        ),
+    ),
+    CHAT + "Chat": (
+        Probe("start-parent", _chat(lambda t: chat_pb2.StartChat(parent=t.workspace))),
+        Probe(
+            "start-conversation",
+            _chat(lambda t: chat_pb2.StartChat(conversation=t.conversation)),
+        ),
+    ),
+}
+
+
+def test_cross_workspace_table_covers_every_rpc() -> None:
+    missing = contract_methods() - set(CROSS)
+    assert not missing, f"add a cross-workspace probe for {sorted(missing)}"
+    stale = set(CROSS) - contract_methods()
+    assert not stale, f"probes for RPCs the contract does not have: {sorted(stale)}"
+    assert all(CROSS.values())
+
+
+@dataclass
+class Tenant:
+    """Workspace B and everything in it, with strings no other tenant may see."""
+
+    workspace_id: str
+    admin: str
+    conversation: str
+    api_key: str
+    secrets: list[str]
+
+
+async def make_tenant(api: Api) -> Tenant:
+    tag = uuid.uuid4().hex[:10]
+    display = f"B-display-{tag}"
+    prompt = f"B-system-prompt-{tag}"
+    workspace = await api.workspaces.CreateWorkspace(
+        workspace_pb2.CreateWorkspaceRequest(
+            workspace=workspace_pb2.Workspace(
+                display_name=display,
+                settings=workspace_pb2.WorkspaceSettings(system_prompt=prompt),
+            )
+        ),
+        metadata=api.md(api.platform_token),
+    )
+    workspace_id = workspace.name.split("/")[1]
+    admin = api.token(workspace_id, "admin", subject=f"b-admin-{tag}")
+    contact = f"b-contact-{tag}"
+    label = f"b-label-{tag}"
+    conversation = await api.create_conversation(
+        workspace_id, admin, external_contact_id=contact, metadata={"crm": label}
+    )
+    key = await api.workspaces.CreateApiKey(
+        workspace_pb2.CreateApiKeyRequest(
+            parent=ws_name(workspace_id),
+            api_key=workspace_pb2.ApiKey(display_name=f"b-key-{tag}"),
+        ),
+        metadata=api.md(admin),
+    )
+    text = f"b-user-message-{tag}"
+    call = api.chat.Chat(metadata=api.md(admin))
+    await call.write(chat_pb2.ChatRequest(start=chat_pb2.StartChat(conversation=conversation.name)))
+    await call.write(chat_pb2.ChatRequest(user_message=chat_pb2.UserMessage(text=text)))
+    await call.done_writing()
+    kinds = []
+    while isinstance(response := await call.read(), chat_pb2.ChatResponse):
+        kinds.append(response.WhichOneof("kind"))
+    assert "turn_completed" in kinds, kinds
+    return Tenant(
+        workspace_id=workspace_id,
+        admin=admin,
+        conversation=conversation.name,
+        api_key=key.api_key.name,
+        secrets=[display, prompt, contact, label, text, key.api_key.prefix, key.secret, tag],
+    )
+
+
+async def snapshot(api: Api, tenant: Tenant) -> dict[str, Any]:
+    """What B looks like to its own admin."""
+    md = api.md(tenant.admin)
+    name = ws_name(tenant.workspace_id)
+    workspace = await api.workspaces.GetWorkspace(
+        workspace_pb2.GetWorkspaceRequest(name=name), metadata=md
+    )
+    conversations = await api.conversations.ListConversations(
+        conversation_pb2.ListConversationsRequest(parent=name), metadata=md
+    )
+    keys = await api.workspaces.ListApiKeys(
+        workspace_pb2.ListApiKeysRequest(parent=name), metadata=md
+    )
+    messages = await api.conversations.ListMessages(
+        conversation_pb2.ListMessagesRequest(parent=tenant.conversation), metadata=md
+    )
+    for conversation in conversations.conversations:
+        conversation.ClearField("update_time")  # a read never changes it, but be safe
+    workspace.ClearField("update_time")
+    return {
+        "workspace": workspace,
+        "conversations": list(conversations.conversations),
+        "keys": [(k.name, k.prefix, list(k.roles)) for k in keys.api_keys],
+        "messages": [(m.name, m.text) for m in messages.messages],
+    }
+
+
+def assert_no_secrets(what: str, blobs: list[bytes], secrets: list[str]) -> None:
+    for secret in secrets:
+        for blob in blobs:
+            assert secret.encode() not in blob, f"{what} leaks {secret!r}"
+
+
+@pytest.mark.parametrize("credential", ["jwt", "api_key"])
+@pytest.mark.parametrize("target", ["existing", "missing-in-b", "missing-workspace"])
+async def test_other_workspace_is_unreachable_from_every_rpc(
+    api: Api, credential: str, target: str
+) -> None:
+    a_id, a_admin = await api.create_workspace("Workspace A")
+    if credential == "api_key":
+        key = await api.workspaces.CreateApiKey(
+            workspace_pb2.CreateApiKeyRequest(
+                parent=ws_name(a_id),
+                api_key=workspace_pb2.ApiKey(roles=[workspace_pb2.ROLE_ADMIN]),
+            ),
+            metadata=api.md(a_admin),
+        )
+        a_credential = key.secret
+    else:
+        a_credential = a_admin
+    b = await make_tenant(api)
+    before = await snapshot(api, b)
+
+    absent = "zz" + uuid.uuid4().hex[:12]
+    if target == "existing":
+        t = Target(b.workspace_id, b.conversation, b.api_key)
+    elif target == "missing-in-b":
+        t = Target(
+            b.workspace_id,
+            f"{ws_name(b.workspace_id)}/conversations/{absent}",
+            f"{ws_name(b.workspace_id)}/apiKeys/{absent}",
+        )
+    else:
+        t = Target(
+            absent, f"workspaces/{absent}/conversations/c1", f"workspaces/{absent}/apiKeys/k1"
+        )
+
+    md = api.md(a_credential)
+    outcomes: dict[str, str] = {}
+    for method, probes in CROSS.items():
+        for probe in probes:
+            label = f"{method.lstrip('/')} [{probe.label}]"
+            if probe.expect == OWN_ONLY:
+                response = await probe.call(api, md, t)
+                assert [w.name for w in response.workspaces] == [ws_name(a_id)], label
+                assert_no_secrets(label, [response.SerializeToString()], b.secrets)
+                outcomes[label] = OWN_ONLY
+                continue
+            try:
+                response = await probe.call(api, md, t)
+            except aio.AioRpcError as exc:
+                error = rich_error(exc)
+                outcomes[label] = f"{error.code.name}/{error.reason}"
+                trailers = [
+                    v if isinstance(v, bytes) else v.encode()
+                    for _, v in exc.trailing_metadata() or ()
+                ]
+                assert_no_secrets(label, [(exc.details() or "").encode(), *trailers], b.secrets)
+            else:
+                outcomes[label] = f"OK {str(response)[:200]}"
+    expected = {
+        f"{m.lstrip('/')} [{p.label}]": (
+            p.expect if p.expect == OWN_ONLY else f"PERMISSION_DENIED/{p.expect}"
+        )
+        for m, probes in CROSS.items()
+        for p in probes
+    }
+    assert outcomes == expected
+
+    # Nothing A tried changed B.
+    assert await snapshot(api, b) == before
+
+
+# ---------------------------------------------------------------- (2) the permission table
+
+ANY = frozenset({"admin", "agent", "service"})
+ADMIN = frozenset({"admin"})
+
+# The "Roles:" line of each RPC's comment in protos/fenlo/v1/*.proto, written out
+# independently of the server's table (platform_admin is implied everywhere).
+CONTRACT_ROLES: dict[str, frozenset[str]] = {
+    W + "CreateWorkspace": frozenset(),
+    W + "GetWorkspace": ANY,
+    W + "ListWorkspaces": ANY,
+    W + "UpdateWorkspace": ADMIN,
+    W + "DeleteWorkspace": ADMIN,
+    W + "CreateApiKey": ADMIN,
+    W + "ListApiKeys": ADMIN,
+    W + "DeleteApiKey": ADMIN,
+    C + "CreateConversation": ANY,
+    C + "GetConversation": ANY,
+    C + "ListConversations": ANY,
+    C + "UpdateConversation": ANY,
+    C + "DeleteConversation": ADMIN,
+    C + "ListMessages": ANY,
+    CHAT + "Chat": ANY,
+}
+
+
+def test_every_rpc_has_a_permission_entry() -> None:
+    missing = contract_methods() - set(RPC_ROLES)
+    assert not missing, f"RPC_ROLES has no entry for {sorted(missing)}"
+    stale = set(RPC_ROLES) - contract_methods()
+    assert not stale, f"RPC_ROLES names RPCs the contract does not have: {sorted(stale)}"
+
+
+def test_permission_table_matches_the_contract() -> None:
+    assert set(CONTRACT_ROLES) == contract_methods()
+    assert {m: set(r) for m, r in RPC_ROLES.items()} == {
+        m: set(r) for m, r in CONTRACT_ROLES.items()
+    }
+
+
+@dataclass(frozen=True)
+class Own:
+    """Resources of the caller's own workspace for the permission probes."""
+
+    workspace_id: str
+    conversation: str
+    doomed_conversation: str
+    api_key: str
+
+    @property
+    def workspace(self) -> str:
+        return ws_name(self.workspace_id)
+
+
+OwnCall = Callable[[Api, Metadata, Own], Awaitable[Any]]
+
+
+async def _own_chat(api: Api, md: Metadata, own: Own) -> chat_pb2.ChatResponse:
+    first = await chat_start(api, md, chat_pb2.StartChat(parent=own.workspace))
+    assert first.WhichOneof("kind") == "session_started"
+    return first
+
+
+# One well-formed request per RPC on the caller's own workspace: an allowed call
+# succeeds. DeleteWorkspace runs last.
+OWN: dict[str, OwnCall] = {
+    W + "CreateWorkspace": lambda api, md, o: api.workspaces.CreateWorkspace(
+        workspace_pb2.CreateWorkspaceRequest(
+            workspace=workspace_pb2.Workspace(display_name="Another")
+        ),
+        metadata=md,
+    ),
+    W + "GetWorkspace": lambda api, md, o: api.workspaces.GetWorkspace(
+        workspace_pb2.GetWorkspaceRequest(name=o.workspace), metadata=md
+    ),
+    W + "ListWorkspaces": lambda api, md, o: api.workspaces.ListWorkspaces(
+        workspace_pb2.ListWorkspacesRequest(), metadata=md
+    ),
+    W + "UpdateWorkspace": lambda api, md, o: api.workspaces.UpdateWorkspace(
+        workspace_pb2.UpdateWorkspaceRequest(
+            workspace=workspace_pb2.Workspace(name=o.workspace, display_name="Renamed"),
+            update_mask=mask("display_name"),
+        ),
+        metadata=md,
+    ),
+    W + "CreateApiKey": lambda api, md, o: api.workspaces.CreateApiKey(
+        workspace_pb2.CreateApiKeyRequest(
+            parent=o.workspace, api_key=workspace_pb2.ApiKey(display_name="new")
+        ),
+        metadata=md,
+    ),
+    W + "ListApiKeys": lambda api, md, o: api.workspaces.ListApiKeys(
+        workspace_pb2.ListApiKeysRequest(parent=o.workspace), metadata=md
+    ),
+    W + "DeleteApiKey": lambda api, md, o: api.workspaces.DeleteApiKey(
+        workspace_pb2.DeleteApiKeyRequest(name=o.api_key), metadata=md
+    ),
+    C + "CreateConversation": lambda api, md, o: api.conversations.CreateConversation(
+        conversation_pb2.CreateConversationRequest(
+            parent=o.workspace, conversation=conversation_pb2.Conversation()
+        ),
+        metadata=md,
+    ),
+    C + "GetConversation": lambda api, md, o: api.conversations.GetConversation(
+        conversation_pb2.GetConversationRequest(name=o.conversation), metadata=md
+    ),
+    C + "ListConversations": lambda api, md, o: api.conversations.ListConversations(
+        conversation_pb2.ListConversationsRequest(parent=o.workspace), metadata=md
+    ),
+    C + "UpdateConversation": lambda api, md, o: api.conversations.UpdateConversation(
+        conversation_pb2.UpdateConversationRequest(
+            conversation=conversation_pb2.Conversation(name=o.conversation, metadata={"k": "v"}),
+            update_mask=mask("metadata"),
+        ),
+        metadata=md,
+    ),
+    C + "DeleteConversation": lambda api, md, o: api.conversations.DeleteConversation(
+        conversation_pb2.DeleteConversationRequest(name=o.doomed_conversation), metadata=md
+    ),
+    C + "ListMessages": lambda api, md, o: api.conversations.ListMessages(
+        conversation_pb2.ListMessagesRequest(parent=o.conversation), metadata=md
+    ),
+    CHAT + "Chat": _own_chat,
+    W + "DeleteWorkspace": lambda api, md, o: api.workspaces.DeleteWorkspace(
+        workspace_pb2.DeleteWorkspaceRequest(name=o.workspace), metadata=md
+    ),
+}
+
+
+def test_permission_probes_cover_every_rpc() -> None:
+    assert set(OWN) == contract_methods()
+    assert list(OWN)[-1] == W + "DeleteWorkspace"
+
+
+async def make_own(api: Api, display_name: str = "Perms") -> Own:
+    workspace_id, admin = await api.create_workspace(display_name)
+    conversation = await api.create_conversation(workspace_id, admin)
+    doomed = await api.create_conversation(workspace_id, admin)
+    key = await api.workspaces.CreateApiKey(
+        workspace_pb2.CreateApiKeyRequest(parent=ws_name(workspace_id)),
+        metadata=api.md(admin),
+    )
+    return Own(workspace_id, conversation.name, doomed.name, key.api_key.name)
+
+
+async def run_all(api: Api, md: Metadata, own: Own) -> dict[str, str]:
+    outcomes: dict[str, str] = {}
+    for method, call in OWN.items():
+        try:
+            await call(api, md, own)
+        except aio.AioRpcError as exc:
+            error = rich_error(exc)
+            outcomes[method] = f"{error.code.name}/{error.reason}"
+            if error.reason == DENIED_ROLE:
+                assert error.metadata.get("method") == method.lstrip("/")
+        else:
+            outcomes[method] = OK
+    return outcomes
+
+
+@pytest.mark.parametrize("role", ["admin", "agent", "service"])
+async def test_each_role_gets_exactly_its_rpcs(api: Api, role: str) -> None:
+    own = await make_own(api)
+    token = api.token(own.workspace_id, role, subject=f"{role}-user")
+    outcomes = await run_all(api, api.md(token), own)
+    expected = {
+        method: OK if role in RPC_ROLES[method] else f"PERMISSION_DENIED/{DENIED_ROLE}"
+        for method in OWN
+    }
+    assert outcomes == expected
+
+    if role != "admin":
+        # The refused calls changed nothing.
+        md = api.md(api.platform_token)
+        await api.conversations.GetConversation(
+            conversation_pb2.GetConversationRequest(name=own.doomed_conversation), metadata=md
+        )
+        keys = await api.workspaces.ListApiKeys(
+            workspace_pb2.ListApiKeysRequest(parent=own.workspace), metadata=md
+        )
+        assert [k.name for k in keys.api_keys] == [own.api_key]
+        workspace = await api.workspaces.GetWorkspace(
+            workspace_pb2.GetWorkspaceRequest(name=own.workspace), metadata=md
+        )
+        assert workspace.display_name == "Perms"
+
+
+@pytest.mark.parametrize("ws_claim", ["none", "other-workspace"])
+async def test_platform_admin_may_do_everything_on_any_workspace(api: Api, ws_claim: str) -> None:
+    own = await make_own(api, "Someone else's")
+    home = None
+    if ws_claim == "other-workspace":
+        home, _ = await api.create_workspace("Operator home")
+    token = api.token(home, "platform_admin", subject="operator")
+    outcomes = await run_all(api, api.md(token), own)
+    assert outcomes == dict.fromkeys(OWN, OK)
+    with pytest.raises(aio.AioRpcError) as info:
+        await api.workspaces.GetWorkspace(
+            workspace_pb2.GetWorkspaceRequest(name=own.workspace), metadata=api.md(token)
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND  # it really was deleted
+
+
+async def _update(
+    api: Api, token: str, workspace: workspace_pb2.Workspace, *paths: str
+) -> workspace_pb2.Workspace:
+    return await api.workspaces.UpdateWorkspace(
+        workspace_pb2.UpdateWorkspaceRequest(workspace=workspace, update_mask=mask(*paths)),
+        metadata=api.md(token),
+    )
+
+
+async def test_only_platform_admin_changes_quotas(api: Api) -> None:
+    workspace_id, admin = await api.create_workspace(
+        "Quotas", quotas=workspace_pb2.WorkspaceQuotas(requests_per_minute=100)
+    )
+    name = ws_name(workspace_id)
+    raised = workspace_pb2.WorkspaceQuotas(requests_per_minute=1_000_000)
+    attempts: list[tuple[workspace_pb2.Workspace, tuple[str, ...]]] = [
+        (workspace_pb2.Workspace(name=name, quotas=raised), ("quotas",)),
+        (workspace_pb2.Workspace(name=name, quotas=raised), ("quotas.requests_per_minute",)),
+        (workspace_pb2.Workspace(name=name, quotas=raised), ()),  # implied by the set field
+        (workspace_pb2.Workspace(name=name, display_name="X", quotas=raised), ("*",)),
+        (
+            workspace_pb2.Workspace(name=name, display_name="Sneaky", quotas=raised),
+            ("display_name", "quotas"),
+        ),
+    ]
+    for workspace, paths in attempts:
+        with pytest.raises(aio.AioRpcError) as info:
+            await _update(api, admin, workspace, *paths)
+        error = rich_error(info.value)
+        assert (error.code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, DENIED_ROLE), (
+            paths,
+            error,
+        )
+        assert error.metadata.get("field", "").startswith("quotas"), error
+
+    got = await api.workspaces.GetWorkspace(
+        workspace_pb2.GetWorkspaceRequest(name=name), metadata=api.md(admin)
+    )
+    assert got.quotas.requests_per_minute == 100
+    assert got.display_name == "Quotas"
+
+    # The workspace admin may change the settings and the name...
+    settings = workspace_pb2.WorkspaceSettings(system_prompt="Be brief.", assistant_name="Ada")
+    updated = await _update(
+        api, admin, workspace_pb2.Workspace(name=name, settings=settings), "settings"
+    )
+    assert updated.settings.system_prompt == "Be brief."
+    updated = await _update(
+        api,
+        admin,
+        workspace_pb2.Workspace(
+            name=name, settings=workspace_pb2.WorkspaceSettings(system_prompt="Be kind.")
+        ),
+        "settings.system_prompt",
+    )
+    assert updated.settings.system_prompt == "Be kind."
+    assert updated.settings.assistant_name == "Ada"
+    updated = await _update(
+        api, admin, workspace_pb2.Workspace(name=name, display_name="Renamed"), "display_name"
+    )
+    assert updated.display_name == "Renamed"
+    assert updated.quotas.requests_per_minute == 100
+
+    # ...and the platform admin may change the quotas.
+    updated = await _update(
+        api, api.platform_token, workspace_pb2.Workspace(name=name, quotas=raised), "quotas"
+    )
+    assert updated.quotas.requests_per_minute == 1_000_000
+    got = await api.workspaces.GetWorkspace(
+        workspace_pb2.GetWorkspaceRequest(name=name), metadata=api.md(admin)
+    )
+    assert got.quotas.requests_per_minute == 1_000_000
+    assert got.settings.system_prompt == "Be kind."
+
+
+async def test_list_workspaces_shows_a_caller_only_its_own(api: Api) -> None:
+    ids = [(await api.create_workspace(f"List {i}"))[0] for i in range(3)]
+    a = ids[1]
+    key = await api.workspaces.CreateApiKey(
+        workspace_pb2.CreateApiKeyRequest(
+            parent=ws_name(a), api_key=workspace_pb2.ApiKey(roles=[workspace_pb2.ROLE_AGENT])
+        ),
+        metadata=api.md(api.platform_token),
+    )
+    credentials = [api.token(a, role) for role in ("admin", "agent", "service")]
+    credentials.append(key.secret)
+    for credential in credentials:
+        for size in (0, 1, 1000):
+            listed = await api.workspaces.ListWorkspaces(
+                workspace_pb2.ListWorkspacesRequest(page_size=size), metadata=api.md(credential)
+            )
+            assert [w.name for w in listed.workspaces] == [ws_name(a)]
+            assert listed.next_page_token == ""
+    everything = await api.workspaces.ListWorkspaces(
+        workspace_pb2.ListWorkspacesRequest(page_size=1000), metadata=api.md(api.platform_token)
+    )
+    assert {ws_name(i) for i in ids} <= {w.name for w in everything.workspaces}
+
+
+async def test_agent_api_key_cannot_delete_a_conversation(api: Api) -> None:
+    workspace_id, admin = await api.create_workspace("Agents")
+    conversation = await api.create_conversation(workspace_id, admin)
+    keys = {}
+    for role in (workspace_pb2.ROLE_AGENT, workspace_pb2.ROLE_ADMIN):
+        created = await api.workspaces.CreateApiKey(
+            workspace_pb2.CreateApiKeyRequest(
+                parent=ws_name(workspace_id), api_key=workspace_pb2.ApiKey(roles=[role])
+            ),
+            metadata=api.md(admin),
+        )
+        keys[role] = created.secret
+    request = conversation_pb2.DeleteConversationRequest(name=conversation.name)
+    with pytest.raises(aio.AioRpcError) as info:
+        await api.conversations.DeleteConversation(
+            request, metadata=api.md(keys[workspace_pb2.ROLE_AGENT])
+        )
+    error = rich_error(info.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, DENIED_ROLE)
+    # The agent key still works for what agents may do, and the conversation is intact.
+    got = await api.conversations.GetConversation(
+        conversation_pb2.GetConversationRequest(name=conversation.name),
+        metadata=api.md(keys[workspace_pb2.ROLE_AGENT]),
+    )
+    assert got.name == conversation.name
+    await api.conversations.DeleteConversation(
+        request, metadata=api.md(keys[workspace_pb2.ROLE_ADMIN])
+    )
+
+
+# ---------------------------------------------------------------- (3) page tokens
+
+
+def assert_page_token_invalid(exc: aio.AioRpcError, leaked: list[str]) -> RichError:
+    error = rich_error(exc)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert error.reason == "PAGE_TOKEN_INVALID", error
+    assert [f for f, _ in error.violations] == ["page_token"]
+    assert_no_secrets("page-token refusal", [(exc.details() or "").encode()], leaked)
+    return error
+
+
+async def test_page_tokens_are_bound_to_the_workspace(api: Api) -> None:
+    a_id, a_admin = await api.create_workspace("Pages A")
+    b_id, b_admin = await api.create_workspace("Pages B")
+    a_contacts = [f"a-contact-{i}-{uuid.uuid4().hex[:8]}" for i in range(3)]
+    for contact in a_contacts:
+        await api.create_conversation(a_id, a_admin, external_contact_id=contact)
+    await api.create_conversation(b_id, b_admin, external_contact_id="b-own")
+    await api.create_conversation(b_id, b_admin, external_contact_id="b-own-2")
+
+    first = await api.conversations.ListConversations(
+        conversation_pb2.ListConversationsRequest(parent=ws_name(a_id), page_size=1),
+        metadata=api.md(a_admin),
+    )
+    a_token = first.next_page_token
+    assert a_token
+
+    # B replays A's token on its own workspace (same query otherwise): refused.
+    for credential in (b_admin, api.token(b_id, "agent", subject="tester")):
+        with pytest.raises(aio.AioRpcError) as info:
+            await api.conversations.ListConversations(
+                conversation_pb2.ListConversationsRequest(
+                    parent=ws_name(b_id), page_size=1, page_token=a_token
+                ),
+                metadata=api.md(credential),
+            )
+        assert_page_token_invalid(info.value, a_contacts)
+
+    # The token is fine for A itself: it continues A's listing.
+    second = await api.conversations.ListConversations(
+        conversation_pb2.ListConversationsRequest(
+            parent=ws_name(a_id), page_size=1, page_token=a_token
+        ),
+        metadata=api.md(a_admin),
+    )
+    assert [c.external_contact_id for c in second.conversations] == [a_contacts[1]]
+
+    # Same for API-key listings.
+    for _ in range(2):
+        await api.workspaces.CreateApiKey(
+            workspace_pb2.CreateApiKeyRequest(parent=ws_name(a_id)), metadata=api.md(a_admin)
+        )
+    keys = await api.workspaces.ListApiKeys(
+        workspace_pb2.ListApiKeysRequest(parent=ws_name(a_id), page_size=1),
+        metadata=api.md(a_admin),
+    )
+    assert keys.next_page_token
+    with pytest.raises(aio.AioRpcError) as info:
+        await api.workspaces.ListApiKeys(
+            workspace_pb2.ListApiKeysRequest(
+                parent=ws_name(b_id), page_size=1, page_token=keys.next_page_token
+            ),
+            metadata=api.md(b_admin),
+        )
+    assert_page_token_invalid(info.value, [])
+
+    # A platform admin's workspace listing token does not let A page through them all.
+    everything = await api.workspaces.ListWorkspaces(
+        workspace_pb2.ListWorkspacesRequest(page_size=1), metadata=api.md(api.platform_token)
+    )
+    assert everything.next_page_token
+    with pytest.raises(aio.AioRpcError) as info:
+        await api.workspaces.ListWorkspaces(
+            workspace_pb2.ListWorkspacesRequest(page_size=1, page_token=everything.next_page_token),
+            metadata=api.md(a_admin),
+        )
+    assert_page_token_invalid(info.value, [])
