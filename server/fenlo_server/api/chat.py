@@ -32,6 +32,7 @@ from fenlo_server.errors import (
     Reason,
     Unavailable,
     Violations,
+    invalid,
     not_found,
 )
 from fenlo_server.ids import new_id
@@ -212,9 +213,8 @@ class ChatSession:
                 )
             resumed = False
         else:
-            raise InvalidArgument(
-                Reason.ERROR_REASON_INVALID_ARGUMENT,
-                "start needs `conversation` (to resume) or `parent` (to begin a new one)",
+            raise invalid(
+                "start", "must set `conversation` (to resume) or `parent` (to begin a new one)"
             )
         self._workspace_id = workspace_id
         self._conversation = row
@@ -246,23 +246,46 @@ class ChatSession:
             yield _turn_error("", error)
             return
         conversation_id = self._conversation.id
+        replay: list[chat_pb2.ChatResponse] = []
+        refusal: FenloError | None = None
         async with self._deps.db.workspace(self._workspace_id) as session:
             repo = ConversationRepository(session)
+            previous = None
             if message.client_message_id:
                 previous = await repo.find_user_message(conversation_id, message.client_message_id)
-                if previous is not None:
-                    stored = await repo.turn_messages(conversation_id, previous.turn_id)
-                    for response in self._replay(stored, message.client_message_id):
-                        yield response
-                    return
-            turn_id = new_id()
-            user = await repo.append_message(
-                conversation_id,
-                role="USER",
-                text=message.text,
-                turn_id=turn_id,
-                client_message_id=message.client_message_id,
-            )
+            if previous is not None:
+                stored = await repo.turn_messages(conversation_id, previous.turn_id)
+                replay = self._replay(stored, message.client_message_id)
+            else:
+                # The conversation may have been closed or deleted since the stream started.
+                current = await repo.get(conversation_id)
+                if current is None:
+                    refusal = not_found(
+                        "conversation", names.conversation(self._workspace_id, conversation_id)
+                    )
+                elif current.state == "CLOSED":
+                    refusal = FailedPrecondition(
+                        Reason.ERROR_REASON_CONVERSATION_CLOSED,
+                        f"{names.conversation(self._workspace_id, conversation_id)} is closed "
+                        "and takes no new turns",
+                    )
+                else:
+                    turn_id = new_id()
+                    user = await repo.append_message(
+                        conversation_id,
+                        role="USER",
+                        text=message.text,
+                        turn_id=turn_id,
+                        client_message_id=message.client_message_id,
+                    )
+        # Events are sent once the transaction is over, never while it holds a connection.
+        if refusal is not None:
+            yield _turn_error("", refusal)
+            return
+        if replay:
+            for response in replay:
+                yield response
+            return
         yield chat_pb2.ChatResponse(
             turn_started=chat_pb2.TurnStarted(
                 turn_id=turn_id,

@@ -6,8 +6,9 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from fenlo_server.auth.authenticator import Authenticator
@@ -18,6 +19,7 @@ from fenlo_server.directory import WorkspaceDirectory
 from fenlo_server.errors import (
     AlreadyExists,
     FieldViolation,
+    InvalidArgument,
     PermissionDenied,
     Reason,
     Violations,
@@ -133,4 +135,46 @@ def request_id_conflict() -> AlreadyExists:
         Reason.ERROR_REASON_REQUEST_ID_CONFLICT,
         "request_id was already used for a different request; use a new request_id",
         violations=[FieldViolation("request_id", "was used for a different request")],
+    )
+
+
+def update_paths(
+    mask: field_mask_pb2.FieldMask,
+    resource: Message,
+    updatable: tuple[str, ...],
+    *,
+    nested: bool,
+) -> list[str]:
+    """The validated field paths an Update changes (AIP-134).
+
+    An empty mask means every updatable top-level field that ``resource`` sets;
+    ``*`` alone means every updatable field. With ``nested``, paths may reach
+    into an updatable message field (``settings.system_prompt``).
+    """
+    paths = list(mask.paths)
+    kind = type(resource).__name__.lower()
+    if not paths:
+        paths = [f.name for f, _ in resource.ListFields() if f.name in updatable]
+        if not paths:
+            raise _bad_mask(f"names no field to update, and {kind} sets none")
+        return paths
+    if "*" in paths:
+        if len(paths) > 1:
+            raise _bad_mask("`*` cannot be combined with other paths")
+        return list(updatable)
+    for path in paths:
+        top = path.split(".")[0]
+        if top not in updatable or (not nested and path != top):
+            raise _bad_mask(f"{path!r} cannot be updated; use {', '.join(updatable)}")
+    descriptor: Any = resource.DESCRIPTOR
+    if not field_mask_pb2.FieldMask(paths=paths).IsValidForDescriptor(descriptor):
+        raise _bad_mask(f"{', '.join(paths)} names a field {kind} does not have")
+    return paths
+
+
+def _bad_mask(description: str) -> InvalidArgument:
+    return InvalidArgument(
+        Reason.ERROR_REASON_UPDATE_MASK_INVALID,
+        f"invalid update_mask: {description}",
+        violations=[FieldViolation("update_mask", description)],
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import empty_pb2, field_mask_pb2, json_format
+from google.protobuf import empty_pb2, json_format
 from grpc import aio
 
 from fenlo.v1 import analysis_pb2, conversation_pb2, conversation_pb2_grpc
@@ -19,8 +19,9 @@ from fenlo_server.api.common import (
     request_id_conflict,
     request_id_of,
     to_timestamp,
+    update_paths,
 )
-from fenlo_server.errors import FieldViolation, InvalidArgument, Reason, Violations, not_found
+from fenlo_server.errors import Violations, not_found
 from fenlo_server.pagination import page_size
 from fenlo_server.storage.models import ConversationRow, MessageRow
 from fenlo_server.storage.repositories import (
@@ -222,7 +223,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             "conversation", request.conversation.name, "conversation.name"
         )
         authorize_workspace(workspace_id)
-        paths = _update_paths(request.update_mask, request.conversation)
+        paths = update_paths(request.update_mask, request.conversation, UPDATABLE, nested=False)
         conv = request.conversation
         violations = Violations()
         if "metadata" in paths:
@@ -282,26 +283,3 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         return conversation_pb2.ListMessagesResponse(
             messages=[message_to_proto(r) for r in rows], next_page_token=token
         )
-
-
-def _update_paths(
-    mask: field_mask_pb2.FieldMask, conversation: conversation_pb2.Conversation
-) -> list[str]:
-    paths = list(mask.paths)
-    if not paths:
-        paths = [f.name for f, _ in conversation.ListFields() if f.name in UPDATABLE]
-    elif paths == ["*"]:
-        paths = list(UPDATABLE)
-    bad = [p for p in paths if p not in UPDATABLE]
-    if bad or not paths:
-        description = (
-            f"{', '.join(bad)} cannot be updated; use metadata and/or state"
-            if bad
-            else "names no field to update, and conversation sets none"
-        )
-        raise InvalidArgument(
-            Reason.ERROR_REASON_UPDATE_MASK_INVALID,
-            f"invalid update_mask: {description}",
-            violations=[FieldViolation("update_mask", description)],
-        )
-    return paths

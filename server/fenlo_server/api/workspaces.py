@@ -17,6 +17,7 @@ from fenlo_server.api.common import (
     request_id_conflict,
     request_id_of,
     to_timestamp,
+    update_paths,
 )
 from fenlo_server.api.workspace_validation import validate_workspace
 from fenlo_server.auth import apikeys
@@ -24,12 +25,9 @@ from fenlo_server.auth.permissions import PLATFORM_ONLY_FIELDS
 from fenlo_server.auth.principal import ADMIN, AGENT, SERVICE, get_principal
 from fenlo_server.directory import effective_quotas
 from fenlo_server.errors import (
-    FieldViolation,
-    InvalidArgument,
     PermissionDenied,
     Reason,
     Violations,
-    invalid,
     not_found,
 )
 from fenlo_server.pagination import page_size
@@ -166,15 +164,8 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
     ) -> workspace_pb2.Workspace:
         workspace_id = names.workspace_id(request.workspace.name, "workspace.name")
         principal = authorize_workspace(workspace_id)
-        paths = _update_paths(request.update_mask, request.workspace)
-        if not principal.is_platform_admin:
-            for path in paths:
-                if path.split(".")[0] in PLATFORM_ONLY_FIELDS[_UPDATE]:
-                    raise PermissionDenied(
-                        Reason.ERROR_REASON_PERMISSION_DENIED_ROLE,
-                        f"only a platform admin may change {path}",
-                        metadata={"field": path},
-                    )
+        paths = update_paths(request.update_mask, request.workspace, UPDATABLE, nested=True)
+        platform_only = [p for p in paths if p.split(".")[0] in PLATFORM_ONLY_FIELDS[_UPDATE]]
         async with self._deps.db.workspace(workspace_id) as session:
             store = WorkspaceStore(session)
             row = await store.get(workspace_id)
@@ -186,8 +177,25 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
                 quotas=json_format.ParseDict(row.quotas, workspace_pb2.WorkspaceQuotas()),
             )
             field_mask_pb2.FieldMask(paths=paths).MergeMessage(
-                request.workspace, merged, replace_message_field=True, replace_repeated_field=True
+                _with_mask_parents(request.workspace, paths),
+                merged,
+                replace_message_field=True,
+                replace_repeated_field=True,
             )
+            if platform_only and not principal.is_platform_admin:
+                # Only a change is refused: a workspace read with GetWorkspace (which shows
+                # the effective quotas) can be sent back with an empty mask.
+                stored = json_format.ParseDict(row.quotas, workspace_pb2.WorkspaceQuotas())
+                defaults = self._deps.settings
+                if effective_quotas(quotas_to_json(merged.quotas), defaults) != effective_quotas(
+                    row.quotas, defaults
+                ):
+                    raise PermissionDenied(
+                        Reason.ERROR_REASON_PERMISSION_DENIED_ROLE,
+                        f"only a platform admin may change {platform_only[0]}",
+                        metadata={"field": platform_only[0]},
+                    )
+                merged.quotas.CopyFrom(stored)
             violations = Violations()
             validate_workspace(violations, merged)
             violations.raise_if_any()
@@ -292,31 +300,20 @@ def _key_to_proto(row: ApiKeyRow) -> workspace_pb2.ApiKey:
     )
 
 
-def _update_paths(mask: field_mask_pb2.FieldMask, workspace: workspace_pb2.Workspace) -> list[str]:
-    """The validated field paths an update changes (AIP-134)."""
-    paths = list(mask.paths)
-    if not paths:
-        paths = [f.name for f, _ in workspace.ListFields() if f.name in UPDATABLE]
-        if not paths:
-            raise invalid("update_mask", "names no field to update, and workspace sets none")
-        return paths
-    if "*" in paths:
-        if len(paths) > 1:
-            raise _bad_mask("`*` cannot be combined with other paths")
-        return list(UPDATABLE)
+def _with_mask_parents(
+    workspace: workspace_pb2.Workspace, paths: list[str]
+) -> workspace_pb2.Workspace:
+    """A copy of ``workspace`` in which every message on a masked path is present.
+
+    ``FieldMask.MergeMessage`` skips a nested path such as ``settings.system_prompt``
+    when the source does not set ``settings``; AIP-134 says a masked field that the
+    request leaves unset is cleared, so the parents are marked present first.
+    """
+    source = workspace_pb2.Workspace()
+    source.CopyFrom(workspace)
     for path in paths:
-        if path.split(".")[0] not in UPDATABLE:
-            raise _bad_mask(f"{path!r} cannot be updated; use {', '.join(UPDATABLE)}")
-    if not field_mask_pb2.FieldMask(paths=paths).IsValidForDescriptor(
-        workspace_pb2.Workspace.DESCRIPTOR
-    ):
-        raise _bad_mask(f"{', '.join(paths)} names a field Workspace does not have")
-    return paths
-
-
-def _bad_mask(description: str) -> InvalidArgument:
-    return InvalidArgument(
-        Reason.ERROR_REASON_UPDATE_MASK_INVALID,
-        f"invalid update_mask: {description}",
-        violations=[FieldViolation("update_mask", description)],
-    )
+        message = source
+        for part in path.split(".")[:-1]:
+            message = getattr(message, part)
+            message.SetInParent()
+    return source
