@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -84,6 +85,82 @@ async def open_database(settings: Settings) -> Database:
     return db
 
 
+class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """``grpc.health.v1.Health`` whose Watch streams end when the server stops.
+
+    grpc's own asyncio servicer never ends a Watch, so a single watcher (a
+    client doing client-side health checking, a load balancer) held every
+    shutdown for the whole grace period. Here a Watch reports NOT_SERVING
+    during the grace period and ends once :meth:`end_watches` is called.
+    """
+
+    def __init__(self) -> None:
+        self._status: dict[str, health_pb2.HealthCheckResponse.ServingStatus.ValueType] = {
+            "": health_pb2.HealthCheckResponse.SERVING
+        }
+        self._changed = asyncio.Condition()
+        self._version = 0
+        self._shutting_down = False
+        self._ended = False
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthCheckResponse:
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: aio.ServicerContext[Any, Any]
+    ) -> None:
+        last = None
+        while True:
+            version = self._version
+            status = self._status.get(
+                request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            )
+            if status != last:
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                last = status
+            if self._ended:
+                return
+            await self._wait_for_change(version)
+
+    async def _wait_for_change(self, version: int) -> None:
+        async with self._changed:
+            while self._version == version:
+                await self._changed.wait()
+
+    async def _update(
+        self, changes: dict[str, health_pb2.HealthCheckResponse.ServingStatus.ValueType]
+    ) -> None:
+        async with self._changed:
+            self._status.update(changes)
+            self._version += 1
+            self._changed.notify_all()
+
+    async def set(
+        self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
+    ) -> None:
+        """Set a service's status (ignored once the graceful shutdown began)."""
+        if not self._shutting_down:
+            await self._update({service: status})
+
+    async def enter_graceful_shutdown(self) -> None:
+        """Permanently report every service NOT_SERVING."""
+        if not self._shutting_down:
+            self._shutting_down = True
+            await self._update(
+                dict.fromkeys(self._status, health_pb2.HealthCheckResponse.NOT_SERVING)
+            )
+
+    async def end_watches(self) -> None:
+        """End every Watch stream (after it has sent the current status)."""
+        self._ended = True
+        await self._update({})
+
+
 class FenloApp:
     """A configured server: ``await create()``, ``await start()``, ``await stop()``."""
 
@@ -107,7 +184,7 @@ class FenloApp:
             tokens=self.tokens,
         )
         self.chat_hub = ChatHub()
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         self.server = aio.server(
             interceptors=[
                 ObservabilityInterceptor(),
@@ -149,6 +226,7 @@ class FenloApp:
             self.port = self.server.add_insecure_port(address)
         self.tls = settings.tls_cert_file is not None
         self.metrics_port: int | None = None
+        self._metrics: metrics.MetricsEndpoint | None = None
         self._stopping: asyncio.Task[None] | None = None
 
     @classmethod
@@ -166,9 +244,10 @@ class FenloApp:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if self.settings.metrics_port:
             try:
-                self.metrics_port = metrics.serve_metrics(
+                self._metrics = metrics.serve_metrics(
                     self.settings.metrics_host, self.settings.metrics_port
                 )
+                self.metrics_port = self._metrics.port
             except OSError as exc:
                 log.warning(
                     "metrics endpoint not started",
@@ -199,12 +278,17 @@ class FenloApp:
         log.info("shutting down", extra={"grace_seconds": grace, "open_chat_streams": told})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.chat_hub.wait_closed(), grace)
+        await self.health.end_watches()
         remaining = max(grace - (time.monotonic() - started), 0.0)
         # Chats still open after the grace period are cut at once; unary calls in
         # flight get what is left of it.
         await self.server.stop(min(remaining, 1.0) if self.chat_hub.open_sessions else remaining)
         await self.authenticator.drain()
         await self.db.dispose()
+        if self._metrics is not None:
+            # Release the port, so the process (or a new server in it) can bind it again.
+            await asyncio.to_thread(self._metrics.close)
+            self._metrics = None
         log.info("stopped", extra={"seconds": round(time.monotonic() - started, 3)})
 
     async def wait_for_termination(self) -> None:

@@ -24,6 +24,8 @@ import sys
 import uuid
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from fenlo_server import logs
 from fenlo_server.auth import apikeys
 from fenlo_server.auth.principal import ADMIN, ALL_ROLES, PLATFORM_ADMIN, WORKSPACE_ROLES
@@ -101,10 +103,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = Settings()
     overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
-    if overrides:
-        settings = settings.model_copy(update=overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        print(f"fenlo: invalid configuration: {_settings_errors(exc)}", file=sys.stderr)
+        return 1
     logs.configure(settings.log_level, settings.log_format if args.command == "serve" else "text")
     try:
         if args.command == "serve":
@@ -117,10 +121,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _token_create(settings, args)
         if args.command == "apikey":
             return asyncio.run(_apikey_create(settings, args))
-    except (RuntimeError, ValueError, OSError) as exc:
-        print(f"fenlo: {exc}", file=sys.stderr)
+    except Exception as exc:
+        message = _operator_error(exc)
+        if message is None:
+            raise
+        print(f"fenlo: {message}", file=sys.stderr)
         return 1
     return 2
+
+
+def _settings_errors(error: ValidationError) -> str:
+    return "; ".join(
+        f"FENLO_{'_'.join(str(part) for part in item['loc']).upper()}: {item['msg']}"
+        for item in error.errors()
+    )
+
+
+def _operator_error(exc: Exception) -> str | None:
+    """One line for an error an operator can fix (bad input, configuration, database);
+    None for anything else, which is a bug and keeps its traceback."""
+    from fenlo_server.errors import FenloError
+
+    if "sqlalchemy" in sys.modules:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(exc, SQLAlchemyError):
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return "database error: " + re.sub(r"^\([\w.]+\) ", "", first)
+    if isinstance(exc, RuntimeError | ValueError | OSError | FenloError):
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return None
 
 
 async def _serve(settings: Settings, *, demo: bool) -> int:

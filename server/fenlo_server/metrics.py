@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from wsgiref.simple_server import WSGIServer
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -30,7 +33,22 @@ OPEN_CHAT_STREAMS = Gauge(
 )
 
 
-def serve_metrics(host: str, port: int) -> int:
-    """Start the metrics HTTP endpoint in a daemon thread; return its port."""
-    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
-    return int(server.server_port)
+class MetricsEndpoint:
+    """The metrics HTTP endpoint, served by a daemon thread until :meth:`close`."""
+
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+        self.port = int(server.server_port)
+
+    def close(self) -> None:
+        """Stop serving and release the port (blocks up to the server's poll interval)."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def serve_metrics(host: str, port: int) -> MetricsEndpoint:
+    """Start the metrics HTTP endpoint in a daemon thread."""
+    server, thread = start_http_server(port, addr=host, registry=REGISTRY)
+    return MetricsEndpoint(server, thread)

@@ -15,6 +15,7 @@ from fenlo_server import metrics
 from fenlo_server.interceptors.base import Around, CallState, WrappingInterceptor, current_call
 
 log = logging.getLogger("fenlo.rpc")
+DEADLINE_SLACK_SECONDS = 0.1
 
 
 class _Observe:
@@ -39,9 +40,15 @@ class _Observe:
         if code is None:
             if exc is None or isinstance(exc, GeneratorExit):
                 code = _code_of(self._context)
+            elif isinstance(exc, aio.AbortError):
+                # The handler called context.abort() itself (health's NOT_FOUND, ...).
+                code = _code_of(self._context, default=grpc.StatusCode.UNKNOWN)
             elif isinstance(exc, asyncio.CancelledError):
+                # A client whose deadline passes cancels the call itself, a little before
+                # the server's copy of the deadline (sent as a relative grpc-timeout)
+                # passes: count a cancellation that close to the deadline as expiry.
                 remaining = self._context.time_remaining()
-                expired = remaining is not None and remaining <= 0
+                expired = remaining is not None and remaining <= DEADLINE_SLACK_SECONDS
                 code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             else:
                 code = grpc.StatusCode.UNKNOWN
@@ -61,10 +68,12 @@ class _Observe:
         log.info("rpc", extra=fields)
 
 
-def _code_of(context: aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+def _code_of(
+    context: aio.ServicerContext[Any, Any], default: grpc.StatusCode = grpc.StatusCode.OK
+) -> grpc.StatusCode:
     """The code a handler set on its context (the stubs do not admit it may be None)."""
     value: object = context.code()
-    return value if isinstance(value, grpc.StatusCode) else grpc.StatusCode.OK
+    return value if isinstance(value, grpc.StatusCode) else default
 
 
 class ObservabilityInterceptor(WrappingInterceptor):
