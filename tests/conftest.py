@@ -155,3 +155,15 @@ async def api(app: FenloApp) -> AsyncIterator[Api]:
 async def sqlite_api(sqlite_app: FenloApp) -> AsyncIterator[Api]:
     async with Api(sqlite_app) as helper:
         yield helper
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line per skip reason (with a count), instead of one line per test."""
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in sorted(reasons.items()):
+        terminalreporter.write_line(f"SKIPPED {count} tests: {reason}")

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import google.rpc.error_details_pb2 as error_details_pb2
-import google.rpc.status_pb2 as status_pb2
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 
 from fenlo.v1 import (
@@ -120,9 +119,7 @@ class Api:
     def md(self, token: str) -> tuple[tuple[str, str], ...]:
         return bearer(token)
 
-    async def create_workspace(
-        self, display_name: str = "Acme", **fields: Any
-    ) -> tuple[str, str]:
+    async def create_workspace(self, display_name: str = "Acme", **fields: Any) -> tuple[str, str]:
         """Create a workspace as platform admin; return (workspace id, admin token)."""
         workspace = await self.workspaces.CreateWorkspace(
             workspace_pb2.CreateWorkspaceRequest(

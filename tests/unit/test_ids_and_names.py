@@ -18,9 +18,11 @@ def test_ids_are_url_safe_unique_and_ordered() -> None:
 
 def test_parse_names() -> None:
     assert names.parse("conversation", "workspaces/w1/conversations/c1", "name") == ("w1", "c1")
-    assert names.parse(
-        "message", "workspaces/w1/conversations/c1/messages/m1", "name"
-    ) == ("w1", "c1", "m1")
+    assert names.parse("message", "workspaces/w1/conversations/c1/messages/m1", "name") == (
+        "w1",
+        "c1",
+        "m1",
+    )
     assert names.workspace_id("workspaces/abc") == "abc"
 
 
