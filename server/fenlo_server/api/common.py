@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
@@ -25,9 +26,10 @@ from fenlo_server.errors import (
     Violations,
     invalid,
 )
-from fenlo_server.pagination import PageTokens
+from fenlo_server.pagination import PageTokens, page_size
 from fenlo_server.storage.db import Database
 
+T = TypeVar("T")
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_KEY = 128
 MAX_METADATA_VALUE = 2048
@@ -43,6 +45,42 @@ class Deps:
     directory: WorkspaceDirectory
     authenticator: Authenticator
     tokens: TokenService
+
+
+class Pager:
+    """One List call's paging (AIP-158): its size, the cursor its token carries,
+    and the token of the next page, bound to the caller's scope and the query."""
+
+    def __init__(
+        self,
+        deps: Deps,
+        principal: Principal,
+        requested_size: int,
+        page_token: str,
+        query: Mapping[str, Any],
+    ) -> None:
+        settings = deps.settings
+        self.size = page_size(requested_size, settings.default_page_size, settings.max_page_size)
+        self._tokens = deps.page_tokens
+        self._scope = principal.scope
+        self._query = query
+        self.cursor: dict[str, Any] = (
+            self._tokens.decode(page_token, self._scope, query) if page_token else {}
+        )
+
+    @property
+    def limit(self) -> int:
+        """How many rows to fetch: one more than the page, to know if another follows."""
+        return self.size + 1
+
+    def finish(
+        self, rows: list[T], cursor_of: Callable[[T], dict[str, Any]]
+    ) -> tuple[list[T], str]:
+        """The rows of this page and the next page's token ("" on the last page)."""
+        if len(rows) <= self.size:
+            return rows, ""
+        rows = rows[: self.size]
+        return rows, self._tokens.encode(self._scope, self._query, cursor_of(rows[-1]))
 
 
 def authorize_workspace(workspace_id: str) -> Principal:

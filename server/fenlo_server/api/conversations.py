@@ -11,6 +11,7 @@ from fenlo.v1 import analysis_pb2, conversation_pb2, conversation_pb2_grpc
 from fenlo_server import names
 from fenlo_server.api.common import (
     Deps,
+    Pager,
     authorize_workspace,
     check_labels,
     check_text,
@@ -22,7 +23,6 @@ from fenlo_server.api.common import (
     update_paths,
 )
 from fenlo_server.errors import Violations, not_found
-from fenlo_server.pagination import page_size
 from fenlo_server.storage.models import ConversationRow, MessageRow
 from fenlo_server.storage.repositories import (
     ConversationFilter,
@@ -179,11 +179,6 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         start = from_timestamp(request, "create_time_start", "create_time_start", violations)
         end = from_timestamp(request, "create_time_end", "create_time_end", violations)
         violations.raise_if_any()
-        size = page_size(
-            request.page_size,
-            self._deps.settings.default_page_size,
-            self._deps.settings.max_page_size,
-        )
         filters = ConversationFilter(
             state=state_name(request.state) if request.state else None,
             channel=channel_name(request.channel) if request.channel else None,
@@ -200,18 +195,12 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             "start": start.isoformat() if start else None,
             "end": end.isoformat() if end else None,
         }
-        before = None
-        if request.page_token:
-            cursor = self._deps.page_tokens.decode(request.page_token, principal.scope, query)
-            before = str(cursor.get("id", ""))
+        pager = Pager(self._deps, principal, request.page_size, request.page_token, query)
         async with self._deps.db.workspace(workspace_id) as session:
             rows = await ConversationRepository(session).list_page(
-                filters=filters, limit=size + 1, before_id=before
+                filters=filters, limit=pager.limit, before_id=pager.cursor.get("id")
             )
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = self._deps.page_tokens.encode(principal.scope, query, {"id": rows[-1].id})
+        rows, token = pager.finish(rows, lambda row: {"id": row.id})
         return conversation_pb2.ListConversationsResponse(
             conversations=[conversation_to_proto(r) for r in rows], next_page_token=token
         )
@@ -261,25 +250,21 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     ) -> conversation_pb2.ListMessagesResponse:
         workspace_id, conversation_id = names.parse("conversation", request.parent, "parent")
         principal = authorize_workspace(workspace_id)
-        size = page_size(
+        pager = Pager(
+            self._deps,
+            principal,
             request.page_size,
-            self._deps.settings.default_page_size,
-            self._deps.settings.max_page_size,
+            request.page_token,
+            {"method": "ListMessages", "parent": request.parent},
         )
-        query = {"method": "ListMessages", "parent": request.parent}
-        after = 0
-        if request.page_token:
-            cursor = self._deps.page_tokens.decode(request.page_token, principal.scope, query)
-            after = int(cursor.get("seq", 0))
         async with self._deps.db.workspace(workspace_id) as session:
             repo = ConversationRepository(session)
             if await repo.get(conversation_id) is None:
                 raise not_found("conversation", request.parent)
-            rows = await repo.list_messages(conversation_id, limit=size + 1, after_seq=after)
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = self._deps.page_tokens.encode(principal.scope, query, {"seq": rows[-1].seq})
+            rows = await repo.list_messages(
+                conversation_id, limit=pager.limit, after_seq=int(pager.cursor.get("seq", 0))
+            )
+        rows, token = pager.finish(rows, lambda row: {"seq": row.seq})
         return conversation_pb2.ListMessagesResponse(
             messages=[message_to_proto(r) for r in rows], next_page_token=token
         )

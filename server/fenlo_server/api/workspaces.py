@@ -11,6 +11,7 @@ from fenlo.v1 import workspace_pb2, workspace_pb2_grpc
 from fenlo_server import names
 from fenlo_server.api.common import (
     Deps,
+    Pager,
     authorize_workspace,
     check_text,
     request_hash,
@@ -30,7 +31,6 @@ from fenlo_server.errors import (
     Violations,
     not_found,
 )
-from fenlo_server.pagination import page_size
 from fenlo_server.storage.models import ApiKeyRow, WorkspaceRow
 from fenlo_server.storage.repositories import ApiKeyRepository, DuplicateRequest, WorkspaceStore
 
@@ -133,28 +133,23 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         self, request: workspace_pb2.ListWorkspacesRequest, context: Ctx
     ) -> workspace_pb2.ListWorkspacesResponse:
         principal = get_principal()
-        size = page_size(
+        pager = Pager(
+            self._deps,
+            principal,
             request.page_size,
-            self._deps.settings.default_page_size,
-            self._deps.settings.max_page_size,
+            request.page_token,
+            {"method": "ListWorkspaces"},
         )
-        query = {"method": "ListWorkspaces"}
-        before = None
-        if request.page_token:
-            cursor = self._deps.page_tokens.decode(request.page_token, principal.scope, query)
-            before = str(cursor.get("id", ""))
+        before = pager.cursor.get("id")
         db = self._deps.db
         if principal.is_platform_admin:
             async with db.unscoped("platform admin lists workspaces") as session:
-                rows = await WorkspaceStore(session).list_page(limit=size + 1, before_id=before)
+                rows = await WorkspaceStore(session).list_page(limit=pager.limit, before_id=before)
         else:
             assert principal.workspace_id is not None
             async with db.workspace(principal.workspace_id) as session:
-                rows = await WorkspaceStore(session).list_page(limit=size + 1, before_id=before)
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = self._deps.page_tokens.encode(principal.scope, query, {"id": rows[-1].id})
+                rows = await WorkspaceStore(session).list_page(limit=pager.limit, before_id=before)
+        rows, token = pager.finish(rows, lambda row: {"id": row.id})
         return workspace_pb2.ListWorkspacesResponse(
             workspaces=[self._to_proto(r) for r in rows], next_page_token=token
         )
@@ -256,22 +251,18 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
     ) -> workspace_pb2.ListApiKeysResponse:
         workspace_id = names.workspace_id(request.parent, "parent")
         principal = authorize_workspace(workspace_id)
-        size = page_size(
+        pager = Pager(
+            self._deps,
+            principal,
             request.page_size,
-            self._deps.settings.default_page_size,
-            self._deps.settings.max_page_size,
+            request.page_token,
+            {"method": "ListApiKeys", "parent": request.parent},
         )
-        query = {"method": "ListApiKeys", "parent": request.parent}
-        before = None
-        if request.page_token:
-            cursor = self._deps.page_tokens.decode(request.page_token, principal.scope, query)
-            before = str(cursor.get("id", ""))
         async with self._deps.db.workspace(workspace_id) as session:
-            rows = await ApiKeyRepository(session).list_page(limit=size + 1, before_id=before)
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = self._deps.page_tokens.encode(principal.scope, query, {"id": rows[-1].id})
+            rows = await ApiKeyRepository(session).list_page(
+                limit=pager.limit, before_id=pager.cursor.get("id")
+            )
+        rows, token = pager.finish(rows, lambda row: {"id": row.id})
         return workspace_pb2.ListApiKeysResponse(
             api_keys=[_key_to_proto(r) for r in rows], next_page_token=token
         )

@@ -45,30 +45,18 @@ class _Limit:
         # The principal's own limit first: a request it refuses must not spend the
         # workspace's quota, or one runaway client would lock out all the others.
         if quotas.principal_requests_per_minute > 0:
-            decision = await self._limiter.take(
-                f"rpm:{workspace}:{principal.rate_key}", quotas.principal_requests_per_minute
+            await self._take(
+                f"rpm:{workspace}:{principal.rate_key}",
+                quotas.principal_requests_per_minute,
+                subject=principal.subject,
+                quota="principal_requests_per_minute",
             )
-            if not decision.allowed:
-                metrics.RATE_LIMITED.labels("principal_requests_per_minute").inc()
-                raise ResourceExhausted(
-                    Reason.ERROR_REASON_RATE_LIMITED,
-                    f"{principal.subject} exceeded {quotas.principal_requests_per_minute} "
-                    f"requests per minute; retry in {decision.retry_after:.1f}s",
-                    retry_after=decision.retry_after,
-                    quota_violations=[
-                        QuotaViolation(principal.subject, "principal_requests_per_minute")
-                    ],
-                )
-        decision = await self._limiter.take(f"rpm:{workspace}", quotas.requests_per_minute)
-        if not decision.allowed:
-            metrics.RATE_LIMITED.labels("workspace_requests_per_minute").inc()
-            raise ResourceExhausted(
-                Reason.ERROR_REASON_RATE_LIMITED,
-                f"workspace {workspace} exceeded {quotas.requests_per_minute} requests per "
-                f"minute; retry in {decision.retry_after:.1f}s",
-                retry_after=decision.retry_after,
-                quota_violations=[QuotaViolation(f"workspaces/{workspace}", "requests_per_minute")],
-            )
+        await self._take(
+            f"rpm:{workspace}",
+            quotas.requests_per_minute,
+            subject=f"workspaces/{workspace}",
+            quota="requests_per_minute",
+        )
         if self._method in permissions.STREAM_LIMITED:
             self._lease = await self._limiter.acquire(
                 f"streams:{workspace}", quotas.concurrent_chat_streams
@@ -84,6 +72,19 @@ class _Limit:
                         QuotaViolation(f"workspaces/{workspace}", "concurrent_chat_streams")
                     ],
                 )
+
+    async def _take(self, key: str, per_minute: int, *, subject: str, quota: str) -> None:
+        """Take one request from the rate of ``key``; RESOURCE_EXHAUSTED if it is spent."""
+        decision = await self._limiter.take(key, per_minute)
+        if not decision.allowed:
+            metrics.RATE_LIMITED.labels(quota).inc()
+            raise ResourceExhausted(
+                Reason.ERROR_REASON_RATE_LIMITED,
+                f"{subject} exceeded {per_minute} requests per minute; "
+                f"retry in {decision.retry_after:.1f}s",
+                retry_after=decision.retry_after,
+                quota_violations=[QuotaViolation(subject, quota)],
+            )
 
     async def __aexit__(
         self,
