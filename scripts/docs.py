@@ -25,7 +25,12 @@ def settings_table() -> str:
     for name, field in Settings.model_fields.items():
         default = field.default
         shown = "unset" if default is None else f"`{default}`"
-        lines.append(f"| `FENLO_{name.upper()}` | {shown} | {field.description} |")
+        names = f"`FENLO_{name.upper()}`"
+        alias = field.validation_alias
+        if alias is not None:
+            choices = getattr(alias, "choices", [alias])
+            names = ", ".join(f"`{choice}`" for choice in choices)
+        lines.append(f"| {names} | {shown} | {field.description} |")
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@
     fenlo workspace create DISPLAY_NAME          prints the new workspace id last
     fenlo token create --workspace ID [--role R] [--ttl 24h]   prints the JWT last
     fenlo apikey create --workspace ID [--role R] [--name N]   prints the key last
+    fenlo llm ask QUESTION [--base-url URL] [--order ...]       stream one answer via the router
 
 The operator commands work on the database directly with the server's settings
 (FENLO_DATA_DIR, FENLO_DATABASE_URL, ...), so they need no token.
@@ -98,6 +99,32 @@ def _parser() -> argparse.ArgumentParser:
         help="role to grant (repeatable; default service)",
     )
     key_create.add_argument("--name", default="", help="display name")
+
+    llm = commands.add_parser("llm", help="drive the LLM router on its own").add_subparsers(
+        dest="action", required=True
+    )
+    ask = llm.add_parser(
+        "ask",
+        help="stream one answer through the router (provider settings from FENLO_*)",
+        description="Streams the answer to stdout and a summary (providers, attempts, "
+        "usage) to stderr. Example against any OpenAI-compatible server: fenlo llm ask "
+        "--base-url http://127.0.0.1:11434/v1 --model llama3.2 --order openai 'Hello?'",
+    )
+    ask.add_argument("question")
+    ask.add_argument("--order", help="provider order, e.g. openai,offline (FENLO_LLM_ORDER)")
+    ask.add_argument("--base-url", help="OpenAI-compatible base URL for the openai provider")
+    ask.add_argument("--model", help="model for the openai provider")
+    ask.add_argument("--api-key", help="key for the openai provider (default: its setting)")
+    ask.add_argument("--groq-base-url", help="base URL for the groq provider")
+    ask.add_argument("--system", default="", help="a system prompt")
+    ask.add_argument(
+        "--no-fallback",
+        action="store_true",
+        help="do not fall back to the offline provider (FENLO_LLM_OFFLINE_FALLBACK=false)",
+    )
+    ask.add_argument(
+        "--passage", action="append", default=[], help="a knowledge passage (repeatable)"
+    )
     return parser
 
 
@@ -121,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _token_create(settings, args)
         if args.command == "apikey":
             return asyncio.run(_apikey_create(settings, args))
+        if args.command == "llm":
+            return asyncio.run(_llm_ask(settings, args))
     except Exception as exc:
         message = _operator_error(exc)
         if message is None:
@@ -281,6 +310,56 @@ async def _apikey_create(settings: Settings, args: argparse.Namespace) -> int:
         await db.dispose()
     print(f"created API key workspaces/{row.workspace_id}/apiKeys/{row.id}", file=sys.stderr)
     print(key)
+    return 0
+
+
+async def _llm_ask(settings: Settings, args: argparse.Namespace) -> int:
+    from fenlo_server.llm.errors import AllProvidersFailed, ProviderRequestError
+    from fenlo_server.llm.factory import build_router
+    from fenlo_server.llm.router import RouteResult
+    from fenlo_server.llm.types import ChatMessage, LlmRequest, Passage
+
+    overrides: dict[str, object] = {}
+    if args.order:
+        overrides["llm_order"] = args.order
+    if args.base_url:
+        overrides["openai_base_url"] = args.base_url
+        if settings.openai_api_key is None and not args.api_key:
+            overrides["openai_api_key"] = "unused"  # keyless local servers
+    if args.api_key:
+        overrides["openai_api_key"] = args.api_key
+    if args.model:
+        overrides["openai_model"] = args.model
+    if args.groq_base_url:
+        overrides["groq_base_url"] = args.groq_base_url
+    if args.no_fallback:
+        overrides["llm_offline_fallback"] = False
+    if overrides:
+        settings = Settings(**{**settings.model_dump(), **overrides})
+    router = build_router(settings)
+    messages = [ChatMessage("system", args.system)] if args.system else []
+    messages.append(ChatMessage("user", args.question))
+    passages = tuple(
+        Passage(marker=i + 1, text=text, score=1.0) for i, text in enumerate(args.passage)
+    )
+    result = RouteResult()
+    try:
+        async for text in router.stream(LlmRequest(tuple(messages), passages), result=result):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        print()
+    except (AllProvidersFailed, ProviderRequestError) as error:
+        print(f"fenlo: {error}", file=sys.stderr)
+        return 1
+    finally:
+        attempts = "; ".join(f"{a.provider}: {a.outcome}" for a in result.attempts)
+        usage = result.usage
+        print(
+            f"providers: {' -> '.join(result.providers) or 'none'} | attempts: {attempts} | "
+            f"tokens: {usage.prompt_tokens} in, {usage.completion_tokens} out"
+            f"{' (estimated)' if usage.estimated else ''}",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     """Server configuration. Each field is the env var ``FENLO_<FIELD NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="FENLO_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FENLO_", extra="ignore", populate_by_name=True)
 
     data_dir: Path = Field(
         Path(".fenlo"), description="Holds the SQLite file and generated secrets."
@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         None,
         description="Apply database migrations on start. Default: yes for SQLite, no otherwise "
         "(run `fenlo migrate`).",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL (redis://host:6379/0). Shares circuit-breaker state between "
+        "replicas; unset keeps it in-process. The server runs on when Redis goes away.",
     )
 
     jwt_secret: SecretStr | None = Field(
@@ -105,6 +110,70 @@ class Settings(BaseSettings):
         8000, ge=1, description="Longest user message a Chat turn accepts."
     )
     cache_ttl_seconds: float = Field(5.0, ge=0, description="In-process cache lifetime.")
+
+    groq_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("FENLO_GROQ_API_KEY", "GROQ_API_KEY"),
+        description="Groq API key (also read from GROQ_API_KEY); enables the groq provider.",
+    )
+    groq_base_url: str | None = Field(
+        None, description="Groq endpoint; default the SDK's (https://api.groq.com)."
+    )
+    groq_model: str = Field("llama-3.3-70b-versatile", description="Groq's default model.")
+    openai_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("FENLO_OPENAI_API_KEY", "OPENAI_API_KEY"),
+        description="OpenAI API key (also read from OPENAI_API_KEY); enables the openai "
+        "provider. Any value for a keyless OpenAI-compatible server.",
+    )
+    openai_base_url: str | None = Field(
+        None,
+        description="OpenAI-compatible endpoint (vLLM, Ollama, a proxy), e.g. "
+        "http://127.0.0.1:11434/v1; default OpenAI's.",
+    )
+    openai_model: str = Field("gpt-4o", description="The openai provider's default model.")
+    openai_stream_usage: bool = Field(
+        True,
+        description="Ask the openai provider for token usage in the stream "
+        "(stream_options.include_usage); turn off for servers that refuse it.",
+    )
+    llm_order: str = Field(
+        "groq,openai,offline",
+        description="Default provider order (a workspace may set its own); providers "
+        "without a key are left out.",
+    )
+    llm_offline_fallback: bool = Field(
+        True,
+        description="Answer from the offline provider when every configured provider "
+        "fails (instead of an UNAVAILABLE error).",
+    )
+    llm_first_token_timeout_seconds: float = Field(
+        10.0, gt=0, description="A provider with no text by then is abandoned for the next."
+    )
+    llm_stall_timeout_seconds: float = Field(
+        10.0, gt=0, description="A provider silent this long mid-answer is abandoned."
+    )
+    llm_request_timeout_seconds: float = Field(
+        120.0, gt=0, description="The SDKs' own timeout, a backstop behind the two above."
+    )
+    offline_tokens_per_second: float = Field(
+        0.0, ge=0, description="Pace of the offline provider's stream; 0 streams at once."
+    )
+    breaker_failure_rate: float = Field(
+        0.5, gt=0, le=1, description="Failure share in the window that opens a breaker."
+    )
+    breaker_minimum_calls: int = Field(
+        5, ge=1, description="Calls the window must hold before a breaker may open."
+    )
+    breaker_window_seconds: float = Field(
+        30.0, gt=0, description="The breaker's sliding window of call outcomes."
+    )
+    breaker_cooldown_seconds: float = Field(
+        15.0, gt=0, description="How long an open breaker refuses calls (or Retry-After)."
+    )
+    breaker_half_open_probes: int = Field(
+        1, ge=1, description="Calls let through at once to probe a half-open provider."
+    )
 
     def resolved_database_url(self) -> str:
         if self.database_url:

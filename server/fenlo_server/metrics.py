@@ -52,3 +52,36 @@ def serve_metrics(host: str, port: int) -> MetricsEndpoint:
     """Start the metrics HTTP endpoint in a daemon thread."""
     server, thread = start_http_server(port, addr=host, registry=REGISTRY)
     return MetricsEndpoint(server, thread)
+
+
+LLM_CALLS = Counter(
+    "fenlo_llm_calls_total",
+    "LLM provider calls by outcome (ok, a failure kind, request_error, cancelled).",
+    ["provider", "outcome"],
+    registry=REGISTRY,
+)
+LLM_FAILOVERS = Counter(
+    "fenlo_llm_failovers_total",
+    "Answers that moved from one provider to the next, and whether text was already sent.",
+    ["from_provider", "to_provider", "mid_stream"],
+    registry=REGISTRY,
+)
+LLM_BREAKER_STATE = Gauge(
+    "fenlo_llm_breaker_state",
+    "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open.",
+    ["provider"],
+    registry=REGISTRY,
+)
+LLM_FIRST_TOKEN_SECONDS = Histogram(
+    "fenlo_llm_first_token_seconds",
+    "Time from calling a provider to its first text.",
+    ["provider"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+    registry=REGISTRY,
+)
+REDIS_AVAILABLE = Gauge(
+    "fenlo_redis_available",
+    "1 while Redis answers (or is not configured), 0 while the server runs on local state.",
+    registry=REGISTRY,
+)
+REDIS_AVAILABLE.set(1)
