@@ -34,6 +34,7 @@ from fenlo_server.interceptors.auth import AuthInterceptor
 from fenlo_server.interceptors.errors import ErrorInterceptor
 from fenlo_server.interceptors.observability import ObservabilityInterceptor
 from fenlo_server.interceptors.ratelimit import RateLimitInterceptor
+from fenlo_server.llm.factory import build_router
 from fenlo_server.pagination import PageTokens
 from fenlo_server.ratelimit.local import LocalRateLimiter
 from fenlo_server.storage import migrate
@@ -161,6 +162,15 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         await self._update({})
 
 
+def _redis_client(url: str) -> Any:
+    """A Redis client that gives up fast: a dead Redis must not add latency."""
+    import redis.asyncio
+
+    return redis.asyncio.Redis.from_url(
+        url, socket_timeout=0.25, socket_connect_timeout=0.25, health_check_interval=10
+    )
+
+
 class FenloApp:
     """A configured server: ``await create()``, ``await start()``, ``await stop()``."""
 
@@ -172,6 +182,8 @@ class FenloApp:
             page_secret = settings.page_token_secret.get_secret_value().encode()
         else:
             page_secret = secrets_store.load_or_create(settings.data_dir / "page-token.secret")
+        self.redis = _redis_client(settings.redis_url) if settings.redis_url else None
+        self.llm = build_router(settings, redis=self.redis)
         self.limiter = LocalRateLimiter()
         self.directory = WorkspaceDirectory(db, settings)
         self.authenticator = Authenticator(self.tokens, db, settings.cache_ttl_seconds)
@@ -182,6 +194,7 @@ class FenloApp:
             directory=self.directory,
             authenticator=self.authenticator,
             tokens=self.tokens,
+            llm=self.llm,
         )
         self.chat_hub = ChatHub()
         self.health = HealthServicer()
@@ -285,6 +298,8 @@ class FenloApp:
         await self.server.stop(min(remaining, 1.0) if self.chat_hub.open_sessions else remaining)
         await self.authenticator.drain()
         await self.db.dispose()
+        if self.redis is not None:
+            await self.redis.aclose()
         if self._metrics is not None:
             # Release the port, so the process (or a new server in it) can bind it again.
             await asyncio.to_thread(self._metrics.close)

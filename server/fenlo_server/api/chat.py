@@ -1,9 +1,11 @@
 """ChatService: the bidirectional chat stream.
 
-This is the foundation's version of the stream: the full protocol shape
-(start, turns, replay by ``client_message_id``, end, drain notices), with a
-plain acknowledgement as the answer. The issue "Chat: the bidirectional
-streaming turn pipeline" replaces the answer with the real pipeline.
+The stream protocol (start, turns, replay by ``client_message_id``, end, drain
+notices) with each answer streamed from the LLM router: the workspace's system
+prompt and the user's message, answered by the workspace's providers (the
+offline provider by default). The issue "Chat: the bidirectional streaming
+turn pipeline" puts the full pipeline (context, guard, retrieval, analysis)
+around the router.
 """
 
 from __future__ import annotations
@@ -36,17 +38,49 @@ from fenlo_server.errors import (
     not_found,
 )
 from fenlo_server.ids import new_id
+from fenlo_server.llm.errors import AllProvidersFailed, ProviderRequestError
+from fenlo_server.llm.router import ProviderChoice, RouteResult
+from fenlo_server.llm.types import ChatMessage, LlmRequest
 from fenlo_server.status import to_status
 from fenlo_server.storage.models import ConversationRow, MessageRow
 from fenlo_server.storage.repositories import ConversationRepository
+from fenlo_server.text.sentences import SentenceSplitter
 
 Ctx = aio.ServicerContext[Any, Any]
 MAX_CLIENT_MESSAGE_ID = 128
-PLAIN_REPLY = (
-    "Thanks, your message is stored. This Fenlo server answers with a plain "
-    "acknowledgement until its assistant pipeline is enabled."
-)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_PROVIDER_NAMES = {
+    "LLM_PROVIDER_GROQ": "groq",
+    "LLM_PROVIDER_OPENAI": "openai",
+    "LLM_PROVIDER_OFFLINE": "offline",
+}
+
+
+def provider_choices(settings: dict[str, Any]) -> list[ProviderChoice]:
+    """The workspace's LLM order from its stored settings (empty: the server's)."""
+    choices = []
+    for entry in settings.get("llm", {}).get("providers", []):
+        name = _PROVIDER_NAMES.get(entry.get("provider", ""))
+        if name:
+            choices.append(ProviderChoice(name, entry.get("model") or None))
+    return choices
+
+
+def llm_error(error: AllProvidersFailed | ProviderRequestError) -> FenloError:
+    """The API error for a router failure."""
+    if isinstance(error, ProviderRequestError):
+        return FailedPrecondition(
+            Reason.ERROR_REASON_LLM_REQUEST_REFUSED,
+            f"the LLM provider {error.provider} refused the request ({error.kind}): "
+            f"{error.detail[:300]}",
+            metadata={"provider": error.provider, "kind": error.kind},
+        )
+    attempts = "; ".join(f"{a.provider}: {a.outcome}" for a in error.attempts)
+    return Unavailable(
+        Reason.ERROR_REASON_LLM_UNAVAILABLE,
+        f"no LLM provider could answer; retry later ({attempts or 'none configured'})",
+        metadata={"attempts": attempts},
+        retry_after=1.0,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +146,7 @@ class ChatSession:
         self._workspace_id = ""
         self._conversation: ConversationRow | None = None
         self._sentences = False
+        self._sentence_index = 0
 
     def notify(self, item: object) -> None:
         self._inbox.put_nowait(item)
@@ -293,33 +328,75 @@ class ChatSession:
                 client_message_id=message.client_message_id,
             )
         )
-        for response in self._answer_events(turn_id, PLAIN_REPLY):
-            yield response
-        async with self._deps.db.workspace(self._workspace_id) as session:
-            assistant = await ConversationRepository(session).append_message(
-                conversation_id, role="ASSISTANT", text=PLAIN_REPLY, turn_id=turn_id
-            )
+        self._sentence_index = 0
+        info = await self._deps.directory.get(self._workspace_id)
+        settings = info.settings if info is not None else {}
+        messages = []
+        if settings.get("system_prompt"):
+            messages.append(ChatMessage("system", settings["system_prompt"]))
+        messages.append(ChatMessage("user", message.text))
+        result = RouteResult()
+        answer: list[str] = []
+        splitter = SentenceSplitter() if self._sentences else None
+        failure: FenloError | None = None
+        try:
+            async for text in self._deps.llm.stream(
+                LlmRequest(tuple(messages)), provider_choices(settings), result
+            ):
+                yield chat_pb2.ChatResponse(
+                    delta=chat_pb2.TextDelta(turn_id=turn_id, text=text, index=len(answer))
+                )
+                answer.append(text)
+                for sentence in splitter.feed(text) if splitter else ():
+                    yield self._sentence(turn_id, sentence)
+        except (AllProvidersFailed, ProviderRequestError) as error:
+            failure = llm_error(error)
+        for sentence in splitter.flush() if splitter else ():
+            yield self._sentence(turn_id, sentence)
+        assistant = None
+        if answer:
+            async with self._deps.db.workspace(self._workspace_id) as session:
+                assistant = await ConversationRepository(session).append_message(
+                    conversation_id,
+                    role="ASSISTANT",
+                    text="".join(answer),
+                    turn_id=turn_id,
+                    interrupted=failure is not None,
+                )
+        if failure is not None:
+            yield _turn_error(turn_id, failure)
+            return
         yield chat_pb2.ChatResponse(
             turn_completed=chat_pb2.TurnCompleted(
                 turn_id=turn_id,
                 user_message=self._name(user),
-                assistant_message=self._name(assistant),
-                providers=["plain"],
+                assistant_message=self._name(assistant) if assistant else "",
+                usage=chat_pb2.Usage(
+                    prompt_tokens=result.usage.prompt_tokens,
+                    completion_tokens=result.usage.completion_tokens,
+                ),
+                providers=result.providers,
             )
         )
 
+    def _sentence(self, turn_id: str, text: str) -> chat_pb2.ChatResponse:
+        self._sentence_index += 1
+        return chat_pb2.ChatResponse(
+            sentence=chat_pb2.Sentence(turn_id=turn_id, text=text, index=self._sentence_index - 1)
+        )
+
     def _answer_events(self, turn_id: str, text: str) -> list[chat_pb2.ChatResponse]:
+        """A stored answer as the events a live turn sends (for replays)."""
         pieces = re.findall(r"\S+\s*", text)
         events = [
             chat_pb2.ChatResponse(delta=chat_pb2.TextDelta(turn_id=turn_id, text=p, index=i))
             for i, p in enumerate(pieces)
         ]
         if self._sentences:
+            splitter = SentenceSplitter()
+            self._sentence_index = 0
             events += [
-                chat_pb2.ChatResponse(
-                    sentence=chat_pb2.Sentence(turn_id=turn_id, text=s.strip(), index=i)
-                )
-                for i, s in enumerate(_SENTENCE_END.split(text.strip()))
+                self._sentence(turn_id, s) for s in [*splitter.feed(text), *splitter.flush()]
             ]
         return events
 

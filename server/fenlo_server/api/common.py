@@ -26,6 +26,7 @@ from fenlo_server.errors import (
     Violations,
     invalid,
 )
+from fenlo_server.llm.router import LlmRouter
 from fenlo_server.pagination import PageTokens, page_size
 from fenlo_server.storage.db import Database
 
@@ -45,6 +46,7 @@ class Deps:
     directory: WorkspaceDirectory
     authenticator: Authenticator
     tokens: TokenService
+    llm: LlmRouter
 
 
 class Pager:

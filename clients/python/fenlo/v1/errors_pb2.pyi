@@ -113,6 +113,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_TURN_DEADLINE_EXCEEDED: _ErrorReason.ValueType  # 62
     """DEADLINE_EXCEEDED: a chat turn did not finish within its deadline."""
+    ERROR_REASON_LLM_UNAVAILABLE: _ErrorReason.ValueType  # 63
+    """UNAVAILABLE: every LLM provider of the workspace failed or is paused by
+    its circuit breaker. `ErrorInfo.metadata["attempts"]` says what each one
+    did. Retry later.
+    """
+    ERROR_REASON_LLM_REQUEST_REFUSED: _ErrorReason.ValueType  # 64
+    """FAILED_PRECONDITION: the LLM provider refused the request (an unknown
+    model, a bad key, content it will not process). Retrying will not help;
+    check the workspace's LLM settings and the server's provider keys.
+    """
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 70
     """INTERNAL: an unexpected server error. `ErrorInfo.metadata` holds a
     `correlation_id` that finds the full report in the server's log.
@@ -219,6 +229,16 @@ retry with backoff.
 """
 ERROR_REASON_TURN_DEADLINE_EXCEEDED: ErrorReason.ValueType  # 62
 """DEADLINE_EXCEEDED: a chat turn did not finish within its deadline."""
+ERROR_REASON_LLM_UNAVAILABLE: ErrorReason.ValueType  # 63
+"""UNAVAILABLE: every LLM provider of the workspace failed or is paused by
+its circuit breaker. `ErrorInfo.metadata["attempts"]` says what each one
+did. Retry later.
+"""
+ERROR_REASON_LLM_REQUEST_REFUSED: ErrorReason.ValueType  # 64
+"""FAILED_PRECONDITION: the LLM provider refused the request (an unknown
+model, a bad key, content it will not process). Retrying will not help;
+check the workspace's LLM settings and the server's provider keys.
+"""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 70
 """INTERNAL: an unexpected server error. `ErrorInfo.metadata` holds a
 `correlation_id` that finds the full report in the server's log.

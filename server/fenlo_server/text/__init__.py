@@ -1,0 +1,1 @@
+"""Text utilities shared by the chat stream and the pipeline steps."""
