@@ -441,3 +441,41 @@ async def test_metrics_count_calls_failures_and_failovers(
         == before_ok + 1
     )
     assert sample("fenlo_llm_failovers_total", labels) == before_failover + 1
+
+
+async def test_two_routers_share_breaker_state_through_redis(
+    redis_url: str, primary: FakeLlmServer, secondary: FakeLlmServer
+) -> None:
+    import uuid
+
+    import redis.asyncio as aioredis
+
+    from fenlo_server.llm.breaker import RedisBreakers
+
+    prefix = f"fenlo:test:router:{uuid.uuid4().hex}:"
+    policy = BreakerPolicy(minimum_calls=2, failure_rate=0.5, cooldown_seconds=60)
+    clients = [aioredis.Redis.from_url(redis_url) for _ in range(2)]
+    try:
+        routers = [
+            LlmRouter(
+                {"groq": make_groq(primary), "openai": make_openai(secondary)},
+                [ProviderChoice("groq"), ProviderChoice("openai")],
+                RedisBreakers(client, policy, prefix=prefix, sync_seconds=0),
+                first_token_timeout=2,
+                stall_timeout=2,
+            )
+            for client in clients
+        ]
+        primary.script(Reply(status=500), Reply(status=500))
+        for _ in range(2):  # replica A sees groq fail twice: its breaker opens
+            text, _, _ = await answer(routers[0])
+            assert text == "Backup answer."
+        asked = len(primary.requests)
+        text, result, _ = await answer(routers[1])  # replica B never saw a failure
+        assert text == "Backup answer."
+        assert result.attempts[0].outcome == "skipped"
+        assert len(primary.requests) == asked
+    finally:
+        await clients[0].delete(*await clients[0].keys(prefix + "*") or ["-"])
+        for client in clients:
+            await client.aclose()
