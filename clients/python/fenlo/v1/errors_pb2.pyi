@@ -91,6 +91,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """RESOURCE_EXHAUSTED: too many user messages are queued behind the turn
     that is running on this Chat stream.
     """
+    ERROR_REASON_DOCUMENT_TOO_LARGE: _ErrorReason.ValueType  # 44
+    """RESOURCE_EXHAUSTED: the uploaded document is larger than the workspace's
+    `max_document_bytes`. Split it into smaller documents.
+    """
+    ERROR_REASON_UPLOAD_OUT_OF_ORDER: _ErrorReason.ValueType  # 45
+    """INVALID_ARGUMENT: an upload's first message was not its metadata, or a
+    later message was metadata again.
+    """
     ERROR_REASON_CHAT_NOT_STARTED: _ErrorReason.ValueType  # 50
     """FAILED_PRECONDITION: the first message on a Chat stream was not `start`."""
     ERROR_REASON_CHAT_ALREADY_STARTED: _ErrorReason.ValueType  # 51
@@ -206,6 +214,14 @@ tokens per day.
 ERROR_REASON_TURN_QUEUE_FULL: ErrorReason.ValueType  # 43
 """RESOURCE_EXHAUSTED: too many user messages are queued behind the turn
 that is running on this Chat stream.
+"""
+ERROR_REASON_DOCUMENT_TOO_LARGE: ErrorReason.ValueType  # 44
+"""RESOURCE_EXHAUSTED: the uploaded document is larger than the workspace's
+`max_document_bytes`. Split it into smaller documents.
+"""
+ERROR_REASON_UPLOAD_OUT_OF_ORDER: ErrorReason.ValueType  # 45
+"""INVALID_ARGUMENT: an upload's first message was not its metadata, or a
+later message was metadata again.
 """
 ERROR_REASON_CHAT_NOT_STARTED: ErrorReason.ValueType  # 50
 """FAILED_PRECONDITION: the first message on a Chat stream was not `start`."""

@@ -441,6 +441,7 @@ class WorkspaceQuotas(_message.Message):
     TURNS_PER_MINUTE_FIELD_NUMBER: _builtins.int
     TOKENS_PER_DAY_FIELD_NUMBER: _builtins.int
     PRINCIPAL_REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    MAX_DOCUMENT_BYTES_FIELD_NUMBER: _builtins.int
     requests_per_minute: _builtins.int
     """Requests (RPC calls, each Chat stream counting once) per minute for the
     whole workspace.
@@ -455,6 +456,8 @@ class WorkspaceQuotas(_message.Message):
     """Requests per minute for each API key or token subject; 0 means no
     per-principal limit beyond the workspace's.
     """
+    max_document_bytes: _builtins.int
+    """The largest document the workspace may upload, in bytes."""
     def __init__(
         self,
         *,
@@ -463,10 +466,11 @@ class WorkspaceQuotas(_message.Message):
         turns_per_minute: _builtins.int = ...,
         tokens_per_day: _builtins.int = ...,
         principal_requests_per_minute: _builtins.int = ...,
+        max_document_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrent_chat_streams", b"concurrent_chat_streams", "principal_requests_per_minute", b"principal_requests_per_minute", "requests_per_minute", b"requests_per_minute", "tokens_per_day", b"tokens_per_day", "turns_per_minute", b"turns_per_minute"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrent_chat_streams", b"concurrent_chat_streams", "max_document_bytes", b"max_document_bytes", "principal_requests_per_minute", b"principal_requests_per_minute", "requests_per_minute", b"requests_per_minute", "tokens_per_day", b"tokens_per_day", "turns_per_minute", b"turns_per_minute"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
