@@ -5,19 +5,34 @@ OpenAI's path (``/v1/chat/completions``) and Groq's (``/openai/v1/chat/completio
 so the real ``openai`` and ``groq`` SDKs can be pointed at it through ``base_url``.
 Each request takes the next scripted :class:`Reply` (or the default one). It
 records every request and notices when a client closes its connection.
+
+It also answers OpenAI's ``/v1/embeddings`` with deterministic vectors
+(:func:`fake_embedding`, not normalised, in the requested ``encoding_format``);
+a scripted :class:`Reply`'s ``status``, ``hang`` and ``first_delay`` apply there too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 PATHS = ("/v1/chat/completions", "/openai/v1/chat/completions")
+EMBEDDING_PATHS = ("/v1/embeddings",)
+
+
+def fake_embedding(text: str, dimensions: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """The vector the fake server gives ``text``: seeded by its hash, not normalised."""
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    return np.random.default_rng(seed).standard_normal(dimensions).astype(np.float32)
 
 
 @dataclass
@@ -57,8 +72,9 @@ class Seen:
 
 
 class FakeLlmServer:
-    def __init__(self, default: Reply | None = None) -> None:
+    def __init__(self, default: Reply | None = None, *, embedding_dimensions: int = 1536) -> None:
         self.default = default or Reply()
+        self.embedding_dimensions = embedding_dimensions  # unless a request asks for others
         self.replies: deque[Reply] = deque()
         self.requests: list[Seen] = []
         self.port = 0
@@ -132,6 +148,10 @@ class FakeLlmServer:
         body = json.loads(await reader.readexactly(length)) if length else {}
         seen = Seen(path, body, headers, time.monotonic())
         self.requests.append(seen)
+        if method == "POST" and path in EMBEDDING_PATHS:
+            reply = self.replies.popleft() if self.replies else self.default
+            await self._embeddings(reply, seen, reader, writer)
+            return
         if method != "POST" or path not in PATHS:
             await self._plain(writer, 404, {"error": {"message": f"no route {path}"}}, {})
             return
@@ -150,6 +170,49 @@ class FakeLlmServer:
             await self._reply(reply, seen, writer, closed)
         finally:
             watcher.cancel()
+
+    async def _embeddings(
+        self,
+        reply: Reply,
+        seen: Seen,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        if reply.hang:  # until the client gives up and closes the connection
+            with contextlib.suppress(Exception):
+                while await reader.read(1024):
+                    pass
+            seen.disconnected = time.monotonic()
+            return
+        if reply.first_delay:
+            await asyncio.sleep(reply.first_delay)
+        if reply.status != 200:
+            body = reply.error_body or {
+                "error": {"message": f"scripted status {reply.status}", "type": "test"}
+            }
+            await self._plain(writer, reply.status, body, reply.headers)
+            return
+        inputs = seen.body.get("input", [])
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        dimensions = int(seen.body.get("dimensions") or self.embedding_dimensions)
+        as_base64 = seen.body.get("encoding_format") == "base64"
+        data = []
+        for index, text in enumerate(inputs):
+            vector = fake_embedding(str(text), dimensions)
+            embedding: Any = (
+                base64.b64encode(vector.astype("<f4").tobytes()).decode()
+                if as_base64
+                else vector.tolist()
+            )
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens = sum(len(str(text).split()) for text in inputs)
+        body = {
+            "object": "list",
+            "data": data,
+            "model": seen.body.get("model", "test-embedding"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        await self._plain(writer, 200, body, reply.headers)
 
     async def _plain(
         self,

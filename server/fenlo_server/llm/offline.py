@@ -13,11 +13,11 @@ import asyncio
 import math
 import re
 import time
-import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fenlo_server.llm.types import LlmRequest, Passage, StreamOutcome, Usage
+from fenlo_server.text.words import content_words
 
 NO_ANSWER = (
     "I'm sorry, I couldn't find the answer to that in the information I have. "
@@ -31,37 +31,8 @@ MIN_COVERAGE = 0.34  # share of the question's content words a sentence must con
 TRUSTED_RETRIEVAL_SCORE = 0.6  # a passage this relevant answers even without shared words
 MAX_SENTENCES = 3
 
-_WORD = re.compile(r"\w+", re.UNICODE)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[^\s])|\n{2,}|\n(?=\s*[-*•]|\s*\d+[.)])")
 _TOKEN = re.compile(r"\s*\S+\s*|\s+")  # a word with the space around it: they join losslessly
-_STOPWORDS = frozenset(
-    """
-    a an and are as at be but by can could do does did for from had has have how i if in
-    into is it its me my no not of on or our please so than that the their them then there
-    these they this to too us was we were what when where which who whom why will with would
-    you your yours about any also just may might must shall should tell know want need get
-    de la el los las un una unos unas y o que en por para con es son del al lo se su sus
-    le les des du et ou est sont pour avec dans sur une au aux ce ces qui quoi comment
-    der die das ein eine und oder ist sind mit fur für von zu im den dem des wie was wo
-    """.split()
-)
-
-
-def _fold(text: str) -> str:
-    """Lower-case without accents, so `Öffnungszeiten` matches `offnungszeiten`."""
-    decomposed = unicodedata.normalize("NFKD", text.lower())
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
-def _stem(word: str) -> str:
-    for suffix in ("ing", "ed", "es", "s"):
-        if len(word) > len(suffix) + 3 and word.endswith(suffix):
-            return word[: -len(suffix)]
-    return word
-
-
-def content_words(text: str) -> list[str]:
-    return [_stem(w) for w in _WORD.findall(_fold(text)) if w not in _STOPWORDS and len(w) > 1]
 
 
 @dataclass(frozen=True, slots=True)
