@@ -10,7 +10,7 @@ GEN_DIR := clients/python/fenlo/v1
 GEN_STAMP := $(GEN_DIR)/.generated-from
 CONTRACT_IMAGE := protos/released/fenlo-v1.binpb
 
-.PHONY: run test lint docs generate check-generated buf-lint buf-breaking contract-image reliability clean
+.PHONY: run test lint docs kb-eval generate check-generated buf-lint buf-breaking contract-image reliability clean
 
 # Create the virtual environment and install Fenlo with its development tools.
 $(STAMP): pyproject.toml
@@ -55,6 +55,10 @@ generate-if-stale: $(STAMP)
 # Fail when the committed generated code does not match protos/.
 check-generated: $(STAMP)
 	$(PY) scripts/generate.py --check
+
+# Measure retrieval on the evaluation set and update docs/knowledge-eval.md.
+kb-eval: $(STAMP)
+	$(PY) bench/kb_eval/run.py --write
 
 # Regenerate the reference tables in docs/ from the code.
 docs: $(STAMP)

@@ -124,8 +124,21 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settin
     return Settings(**values)
 
 
+_EMBEDDERS: list[Any] = []
+
+
+def shared_embedders() -> list[Any]:
+    """The default embedders, loaded once for the whole test session (models are large)."""
+    if not _EMBEDDERS:
+        from fenlo_server.knowledge.embedders import MiniLmEmbedder, UseMultilingualEmbedder
+
+        _EMBEDDERS.extend([MiniLmEmbedder(), UseMultilingualEmbedder()])
+    return _EMBEDDERS
+
+
 async def start_app(settings: Settings) -> FenloApp:
-    app = await FenloApp.create(settings)
+    embedders = shared_embedders() if settings.kb_embedders == "minilm,use-multilingual" else None
+    app = await FenloApp.create(settings, embedders=embedders)
     await app.start()
     return app
 

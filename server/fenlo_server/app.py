@@ -18,6 +18,8 @@ from fenlo.v1 import (
     chat_pb2_grpc,
     conversation_pb2,
     conversation_pb2_grpc,
+    knowledge_pb2,
+    knowledge_pb2_grpc,
     workspace_pb2,
     workspace_pb2_grpc,
 )
@@ -25,6 +27,7 @@ from fenlo_server import metrics, secrets_store
 from fenlo_server.api.chat import ChatHub, ChatServicer
 from fenlo_server.api.common import Deps
 from fenlo_server.api.conversations import ConversationServicer
+from fenlo_server.api.knowledge import KnowledgeServicer
 from fenlo_server.api.workspaces import WorkspaceServicer
 from fenlo_server.auth.authenticator import Authenticator
 from fenlo_server.auth.tokens import TokenService, load_jwks, load_private_key
@@ -34,11 +37,17 @@ from fenlo_server.interceptors.auth import AuthInterceptor
 from fenlo_server.interceptors.errors import ErrorInterceptor
 from fenlo_server.interceptors.observability import ObservabilityInterceptor
 from fenlo_server.interceptors.ratelimit import RateLimitInterceptor
+from fenlo_server.jobs.arq_worker import ArqQueue
+from fenlo_server.jobs.factory import build_ingestor
+from fenlo_server.jobs.ingestion import InProcessQueue, JobQueue
+from fenlo_server.knowledge.factory import build_embedders, build_external_store, build_search
+from fenlo_server.knowledge.types import Embedder
 from fenlo_server.llm.factory import build_router
 from fenlo_server.pagination import PageTokens
 from fenlo_server.ratelimit.local import LocalRateLimiter
 from fenlo_server.storage import migrate
 from fenlo_server.storage.db import Database
+from fenlo_server.storage.knowledge import SqlKnowledgeStore
 
 log = logging.getLogger("fenlo.server")
 
@@ -46,6 +55,7 @@ SERVICES = (
     workspace_pb2.DESCRIPTOR.services_by_name["WorkspaceService"].full_name,
     conversation_pb2.DESCRIPTOR.services_by_name["ConversationService"].full_name,
     chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
+    knowledge_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name,
 )
 
 
@@ -174,7 +184,9 @@ def _redis_client(url: str) -> Any:
 class FenloApp:
     """A configured server: ``await create()``, ``await start()``, ``await stop()``."""
 
-    def __init__(self, settings: Settings, db: Database) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, *, embedders: list[Embedder] | None = None
+    ) -> None:
         self.settings = settings
         self.db = db
         self.tokens = build_token_service(settings)
@@ -184,6 +196,21 @@ class FenloApp:
             page_secret = secrets_store.load_or_create(settings.data_dir / "page-token.secret")
         self.redis = _redis_client(settings.redis_url) if settings.redis_url else None
         self.llm = build_router(settings, redis=self.redis)
+        self.embedders = embedders if embedders is not None else build_embedders(settings)
+        self.external_store = build_external_store(settings)
+        self.knowledge = build_search(
+            settings, SqlKnowledgeStore(db), self.embedders, self.external_store
+        )
+        self.ingestor = build_ingestor(settings, db, self.embedders)
+        self.ingestor.on_change = self.knowledge.indexes.invalidate
+        self.local_jobs = InProcessQueue(
+            self.ingestor, workers=settings.kb_ingest_workers, sweep=not settings.redis_url
+        )
+        self.jobs: JobQueue = (
+            ArqQueue(settings.redis_url, self.local_jobs, queue_name=settings.jobs_queue)
+            if settings.redis_url
+            else self.local_jobs
+        )
         self.limiter = LocalRateLimiter()
         self.directory = WorkspaceDirectory(db, settings)
         self.authenticator = Authenticator(self.tokens, db, settings.cache_ttl_seconds)
@@ -195,6 +222,9 @@ class FenloApp:
             authenticator=self.authenticator,
             tokens=self.tokens,
             llm=self.llm,
+            knowledge=self.knowledge,
+            jobs=self.jobs,
+            external_store=self.external_store,
         )
         self.chat_hub = ChatHub()
         self.health = HealthServicer()
@@ -225,6 +255,9 @@ class FenloApp:
         chat_pb2_grpc.add_ChatServiceServicer_to_server(
             ChatServicer(self.deps, self.chat_hub), self.server
         )
+        knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server(
+            KnowledgeServicer(self.deps), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
@@ -241,18 +274,27 @@ class FenloApp:
         self.metrics_port: int | None = None
         self._metrics: metrics.MetricsEndpoint | None = None
         self._stopping: asyncio.Task[None] | None = None
+        self._warming: list[asyncio.Task[None]] = []
 
     @classmethod
-    async def create(cls, settings: Settings) -> FenloApp:
+    async def create(
+        cls, settings: Settings, *, embedders: list[Embedder] | None = None
+    ) -> FenloApp:
+        """Open the database and build the server; ``embedders`` lets tests share models."""
         db = await open_database(settings)
         try:
-            return cls(settings, db)
+            return cls(settings, db, embedders=embedders)
         except BaseException:
             await db.dispose()
             raise
 
     async def start(self) -> None:
         await self.server.start()
+        self.local_jobs.start()
+        loop = asyncio.get_running_loop()
+        self._warming = [
+            loop.create_task(warm()) for e in self.embedders if (warm := getattr(e, "warm", None))
+        ]
         for service in ("", *SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if self.settings.metrics_port:
@@ -296,6 +338,11 @@ class FenloApp:
         # Chats still open after the grace period are cut at once; unary calls in
         # flight get what is left of it.
         await self.server.stop(min(remaining, 1.0) if self.chat_hub.open_sessions else remaining)
+        await self.local_jobs.stop()
+        if isinstance(self.jobs, ArqQueue):
+            await self.jobs.close()
+        for task in self._warming:
+            task.cancel()
         await self.authenticator.drain()
         await self.db.dispose()
         if self.redis is not None:

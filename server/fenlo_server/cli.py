@@ -6,6 +6,9 @@
     fenlo token create --workspace ID [--role R] [--ttl 24h]   prints the JWT last
     fenlo apikey create --workspace ID [--role R] [--name N]   prints the key last
     fenlo llm ask QUESTION [--base-url URL] [--order ...]       stream one answer via the router
+    fenlo kb add FILE... --workspace ID [--token T]   upload, wait until READY/FAILED
+    fenlo kb search QUERY --workspace ID [--token T]  search a knowledge base
+    fenlo worker                                      run ARQ jobs (needs FENLO_REDIS_URL)
 
 The operator commands work on the database directly with the server's settings
 (FENLO_DATA_DIR, FENLO_DATABASE_URL, ...), so they need no token.
@@ -30,6 +33,7 @@ from pydantic import ValidationError
 from fenlo_server import logs
 from fenlo_server.auth import apikeys
 from fenlo_server.auth.principal import ADMIN, ALL_ROLES, PLATFORM_ADMIN, WORKSPACE_ROLES
+from fenlo_server.cli_remote import add_kb_commands, run_kb
 from fenlo_server.config import Settings
 
 DEMO_REQUEST_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "https://fenlo.ai/demo-workspace"))
@@ -125,6 +129,11 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument(
         "--passage", action="append", default=[], help="a knowledge passage (repeatable)"
     )
+    add_kb_commands(commands)
+    commands.add_parser(
+        "worker",
+        help="run background jobs (document ingestion) on ARQ; needs FENLO_REDIS_URL",
+    )
     return parser
 
 
@@ -150,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_apikey_create(settings, args))
         if args.command == "llm":
             return asyncio.run(_llm_ask(settings, args))
+        if args.command == "kb":
+            return run_kb(args)
+        if args.command == "worker":
+            return _worker(settings)
     except Exception as exc:
         message = _operator_error(exc)
         if message is None:
@@ -310,6 +323,20 @@ async def _apikey_create(settings: Settings, args: argparse.Namespace) -> int:
         await db.dispose()
     print(f"created API key workspaces/{row.workspace_id}/apiKeys/{row.id}", file=sys.stderr)
     print(key)
+    return 0
+
+
+def _worker(settings: Settings) -> int:
+    if not settings.redis_url:
+        raise ValueError(
+            "fenlo worker needs FENLO_REDIS_URL; without Redis, fenlo serve runs the jobs itself"
+        )
+    from arq.worker import run_worker
+
+    from fenlo_server.jobs.arq_worker import worker_settings
+
+    logs.configure(settings.log_level, settings.log_format)
+    run_worker(worker_settings(settings))
     return 0
 
 

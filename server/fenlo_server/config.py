@@ -175,6 +175,55 @@ class Settings(BaseSettings):
         1, ge=1, description="Calls let through at once to probe a half-open provider."
     )
 
+    kb_embedders: str = Field(
+        "minilm,use-multilingual",
+        description="Embedding models for the knowledge base, comma-separated: `minilm` "
+        "(all-MiniLM-L6-v2 int8 on onnxruntime), `use-multilingual` (finds English "
+        "passages for questions in other languages), `openai` (needs the OpenAI key). "
+        "Changing the list re-embeds every document.",
+    )
+    kb_openai_embedding_model: str = Field(
+        "text-embedding-3-small", description="The model of the `openai` embedder."
+    )
+    kb_chunk_tokens: int = Field(128, ge=16, le=512, description="Passage size, in tokens.")
+    kb_chunk_overlap_tokens: int = Field(
+        32, ge=0, le=256, description="Overlap between consecutive passages."
+    )
+    kb_section_tokens: int = Field(
+        512, ge=64, le=4096, description="Most tokens of context given to the LLM per passage."
+    )
+    kb_ingest_workers: int = Field(
+        1, ge=1, le=16, description="Documents processed at once (per process)."
+    )
+    jobs_queue: str = Field(
+        "fenlo:jobs", description="The ARQ queue name (with FENLO_REDIS_URL) for background jobs."
+    )
+    kb_index_check_seconds: float = Field(
+        1.0, ge=0, description="How often a search checks that its index is current."
+    )
+    kb_ann_threshold: int = Field(
+        20_000, ge=1, description="Passages of one workspace from which an HNSW index is used."
+    )
+    kb_curated_threshold: float = Field(
+        0.80,
+        gt=0,
+        le=1,
+        description="Cosine similarity between a question and a curated answer's question "
+        "(best over the embedders) at which the curated answer answers directly.",
+    )
+    default_max_document_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="Quota of a workspace that sets none."
+    )
+    pinecone_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("FENLO_PINECONE_API_KEY", "PINECONE_API_KEY"),
+        description="Pinecone API key; with FENLO_PINECONE_INDEX_HOST, the first embedder's "
+        "vectors go to Pinecone (one namespace per workspace).",
+    )
+    pinecone_index_host: str | None = Field(
+        None, description="The Pinecone index host, e.g. https://my-index-abc.svc.pinecone.io."
+    )
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

@@ -16,6 +16,7 @@ QUOTA_FIELDS = (
     "turns_per_minute",
     "tokens_per_day",
     "principal_requests_per_minute",
+    "max_document_bytes",
 )
 
 
@@ -28,6 +29,7 @@ class Quotas:
     turns_per_minute: int
     tokens_per_day: int
     principal_requests_per_minute: int  # 0: no per-principal limit
+    max_document_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,7 @@ def effective_quotas(stored: dict[str, Any], settings: Settings) -> Quotas:
         turns_per_minute=pick("turns_per_minute", settings.default_turns_per_minute),
         tokens_per_day=pick("tokens_per_day", settings.default_tokens_per_day),
         principal_requests_per_minute=pick("principal_requests_per_minute", 0),
+        max_document_bytes=pick("max_document_bytes", settings.default_max_document_bytes),
     )
 
 

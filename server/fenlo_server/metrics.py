@@ -85,3 +85,6 @@ REDIS_AVAILABLE = Gauge(
     registry=REGISTRY,
 )
 REDIS_AVAILABLE.set(1)
+INGESTED_CHUNKS = Counter(
+    "fenlo_ingested_chunks_total", "Passages written by document ingestion.", registry=REGISTRY
+)

@@ -32,18 +32,31 @@ from fenlo.v1 import chat_pb2, workspace_pb2, workspace_pb2_grpc
 from fenlo_server.app import SERVICES, FenloApp
 from fenlo_server.auth import permissions
 from fenlo_server.errors import FailedPrecondition, Reason
-from tests.conftest import make_settings, start_app
+from tests.conftest import make_settings, shared_embedders, start_app
 from tests.helpers import Api, bearer, rich_error
 
 GET_WORKSPACE = "/fenlo.v1.WorkspaceService/GetWorkspace"
 UPDATE_WORKSPACE = "/fenlo.v1.WorkspaceService/UpdateWorkspace"
 CHAT = "/fenlo.v1.ChatService/Chat"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-FENLO_SERVICES = (
-    "fenlo.v1.WorkspaceService",
-    "fenlo.v1.ConversationService",
-    "fenlo.v1.ChatService",
-)
+
+
+def _contract_services() -> tuple[str, ...]:
+    """Every service of every generated fenlo.v1 module: a new one cannot be missed."""
+    import importlib
+    import pkgutil
+
+    import fenlo.v1
+
+    names = []
+    for module in pkgutil.iter_modules(fenlo.v1.__path__):
+        if module.name.endswith("_pb2"):
+            descriptor = importlib.import_module(f"fenlo.v1.{module.name}").DESCRIPTOR
+            names += [s.full_name for s in descriptor.services_by_name.values()]
+    return tuple(sorted(names))
+
+
+FENLO_SERVICES = _contract_services()
 
 Launch = Callable[..., Awaitable[FenloApp]]
 
@@ -547,7 +560,7 @@ async def misbehaving(
             permissions.RPC_ROLES, f"/{TEST_SERVICE}/{method}", frozenset({"agent"})
         )
     url = copy_sqlite(sqlite_template, tmp_path / "misbehaving")
-    app = await FenloApp.create(make_settings(tmp_path, url))
+    app = await FenloApp.create(make_settings(tmp_path, url), embedders=shared_embedders())
     service = Misbehaving()
     try:
         app.server.add_generic_rpc_handlers((service.handler(),))

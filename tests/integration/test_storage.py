@@ -40,7 +40,7 @@ from fenlo_server.storage.repositories import (
 )
 from tests.conftest import PG_ENV, _admin_execute
 
-TABLES = {"workspaces", "api_keys", "conversations", "messages"}
+TABLES = set(Base.metadata.tables)  # every table the models define
 
 
 @pytest.fixture

@@ -28,13 +28,30 @@ from google.protobuf import field_mask_pb2
 from grpc import aio
 
 import fenlo.v1
-from fenlo.v1 import chat_pb2, conversation_pb2, workspace_pb2
+from fenlo.v1 import chat_pb2, conversation_pb2, knowledge_pb2, knowledge_pb2_grpc, workspace_pb2
 from fenlo_server.auth.permissions import RPC_ROLES
 from tests.helpers import Api, RichError, rich_error
 
 W = "/fenlo.v1.WorkspaceService/"
 C = "/fenlo.v1.ConversationService/"
 CHAT = "/fenlo.v1.ChatService/"
+KB = "/fenlo.v1.KnowledgeService/"
+K = knowledge_pb2
+
+
+def kb(api: Api) -> knowledge_pb2_grpc.KnowledgeServiceStub:
+    return knowledge_pb2_grpc.KnowledgeServiceStub(api.channel)
+
+
+async def upload_text(api: Api, md: Metadata, parent: str, text: str) -> K.Document:
+    async def parts() -> Any:
+        yield K.UploadDocumentRequest(
+            metadata=K.DocumentMetadata(parent=parent, document=K.Document(title="probe.txt"))
+        )
+        yield K.UploadDocumentRequest(chunk=text.encode())
+
+    return await kb(api).UploadDocument(parts(), metadata=md)
+
 
 DENIED_WORKSPACE = "PERMISSION_DENIED_WORKSPACE"
 DENIED_ROLE = "PERMISSION_DENIED_ROLE"
@@ -97,6 +114,8 @@ class Target:
     workspace_id: str
     conversation: str
     api_key: str
+    document: str
+    curated_answer: str
 
     @property
     def workspace(self) -> str:
@@ -301,6 +320,105 @@ CROSS: dict[str, tuple[Probe, ...]] = {
             _chat(lambda t: chat_pb2.StartChat(conversation=t.conversation)),
         ),
     ),
+    KB + "UploadDocument": (
+        Probe("upload", lambda api, md, t: upload_text(api, md, t.workspace, "planted by A")),
+    ),
+    KB + "ImportText": (
+        Probe(
+            "import",
+            lambda api, md, t: kb(api).ImportText(
+                K.ImportTextRequest(parent=t.workspace, text="planted by A"), metadata=md
+            ),
+        ),
+    ),
+    KB + "GetDocument": (
+        Probe(
+            "get",
+            lambda api, md, t: kb(api).GetDocument(
+                K.GetDocumentRequest(name=t.document), metadata=md
+            ),
+        ),
+    ),
+    KB + "ListDocuments": (
+        Probe(
+            "list",
+            lambda api, md, t: kb(api).ListDocuments(
+                K.ListDocumentsRequest(parent=t.workspace), metadata=md
+            ),
+        ),
+    ),
+    KB + "DeleteDocument": (
+        Probe(
+            "delete",
+            lambda api, md, t: kb(api).DeleteDocument(
+                K.DeleteDocumentRequest(name=t.document), metadata=md
+            ),
+        ),
+    ),
+    KB + "ReindexDocument": (
+        Probe(
+            "reindex",
+            lambda api, md, t: kb(api).ReindexDocument(
+                K.ReindexDocumentRequest(name=t.document), metadata=md
+            ),
+        ),
+    ),
+    KB + "SearchKnowledge": (
+        Probe(
+            "search",
+            lambda api, md, t: kb(api).SearchKnowledge(
+                K.SearchKnowledgeRequest(parent=t.workspace, query="secret code"), metadata=md
+            ),
+        ),
+    ),
+    KB + "CreateCuratedAnswer": (
+        Probe(
+            "create",
+            lambda api, md, t: kb(api).CreateCuratedAnswer(
+                K.CreateCuratedAnswerRequest(
+                    parent=t.workspace,
+                    curated_answer=K.CuratedAnswer(question="q?", answer="planted by A"),
+                ),
+                metadata=md,
+            ),
+        ),
+    ),
+    KB + "GetCuratedAnswer": (
+        Probe(
+            "get",
+            lambda api, md, t: kb(api).GetCuratedAnswer(
+                K.GetCuratedAnswerRequest(name=t.curated_answer), metadata=md
+            ),
+        ),
+    ),
+    KB + "ListCuratedAnswers": (
+        Probe(
+            "list",
+            lambda api, md, t: kb(api).ListCuratedAnswers(
+                K.ListCuratedAnswersRequest(parent=t.workspace), metadata=md
+            ),
+        ),
+    ),
+    KB + "UpdateCuratedAnswer": (
+        Probe(
+            "update",
+            lambda api, md, t: kb(api).UpdateCuratedAnswer(
+                K.UpdateCuratedAnswerRequest(
+                    curated_answer=K.CuratedAnswer(name=t.curated_answer, answer="hijacked"),
+                    update_mask=mask("answer"),
+                ),
+                metadata=md,
+            ),
+        ),
+    ),
+    KB + "DeleteCuratedAnswer": (
+        Probe(
+            "delete",
+            lambda api, md, t: kb(api).DeleteCuratedAnswer(
+                K.DeleteCuratedAnswerRequest(name=t.curated_answer), metadata=md
+            ),
+        ),
+    ),
 }
 
 
@@ -320,6 +438,8 @@ class Tenant:
     admin: str
     conversation: str
     api_key: str
+    document: str
+    curated_answer: str
     secrets: list[str]
 
 
@@ -359,12 +479,40 @@ async def make_tenant(api: Api) -> Tenant:
     while isinstance(response := await call.read(), chat_pb2.ChatResponse):
         kinds.append(response.WhichOneof("kind"))
     assert "turn_completed" in kinds, kinds
+    passage = f"The secret code of B is b-passage-{tag}."
+    document = await kb(api).ImportText(
+        K.ImportTextRequest(
+            parent=ws_name(workspace_id), text=passage, document=K.Document(title=f"b-doc-{tag}")
+        ),
+        metadata=api.md(admin),
+    )
+    curated = await kb(api).CreateCuratedAnswer(
+        K.CreateCuratedAnswerRequest(
+            parent=ws_name(workspace_id),
+            curated_answer=K.CuratedAnswer(
+                question=f"What is B's secret code {tag}?", answer=f"b-curated-{tag}"
+            ),
+        ),
+        metadata=api.md(admin),
+    )
     return Tenant(
         workspace_id=workspace_id,
         admin=admin,
         conversation=conversation.name,
         api_key=key.api_key.name,
-        secrets=[display, prompt, contact, label, text, key.api_key.prefix, key.secret, tag],
+        document=document.name,
+        curated_answer=curated.name,
+        secrets=[
+            display,
+            prompt,
+            contact,
+            label,
+            text,
+            key.api_key.prefix,
+            key.secret,
+            tag,
+            passage,
+        ],
     )
 
 
@@ -384,6 +532,10 @@ async def snapshot(api: Api, tenant: Tenant) -> dict[str, Any]:
     messages = await api.conversations.ListMessages(
         conversation_pb2.ListMessagesRequest(parent=tenant.conversation), metadata=md
     )
+    documents = await kb(api).ListDocuments(K.ListDocumentsRequest(parent=name), metadata=md)
+    curated = await kb(api).ListCuratedAnswers(
+        K.ListCuratedAnswersRequest(parent=name), metadata=md
+    )
     for conversation in conversations.conversations:
         conversation.ClearField("update_time")  # a read never changes it, but be safe
     workspace.ClearField("update_time")
@@ -392,6 +544,9 @@ async def snapshot(api: Api, tenant: Tenant) -> dict[str, Any]:
         "conversations": list(conversations.conversations),
         "keys": [(k.name, k.prefix, list(k.roles)) for k in keys.api_keys],
         "messages": [(m.name, m.text) for m in messages.messages],
+        # Status may move from PENDING to READY meanwhile; the documents must not change.
+        "documents": [(d.name, d.title, d.size_bytes) for d in documents.documents],
+        "curated": [(a.name, a.question, a.answer) for a in curated.curated_answers],
     }
 
 
@@ -423,16 +578,23 @@ async def test_other_workspace_is_unreachable_from_every_rpc(
 
     absent = "zz" + uuid.uuid4().hex[:12]
     if target == "existing":
-        t = Target(b.workspace_id, b.conversation, b.api_key)
+        t = Target(b.workspace_id, b.conversation, b.api_key, b.document, b.curated_answer)
     elif target == "missing-in-b":
+        base = ws_name(b.workspace_id)
         t = Target(
             b.workspace_id,
-            f"{ws_name(b.workspace_id)}/conversations/{absent}",
-            f"{ws_name(b.workspace_id)}/apiKeys/{absent}",
+            f"{base}/conversations/{absent}",
+            f"{base}/apiKeys/{absent}",
+            f"{base}/documents/{absent}",
+            f"{base}/curatedAnswers/{absent}",
         )
     else:
         t = Target(
-            absent, f"workspaces/{absent}/conversations/c1", f"workspaces/{absent}/apiKeys/k1"
+            absent,
+            f"workspaces/{absent}/conversations/c1",
+            f"workspaces/{absent}/apiKeys/k1",
+            f"workspaces/{absent}/documents/d1",
+            f"workspaces/{absent}/curatedAnswers/a1",
         )
 
     md = api.md(a_credential)
@@ -494,6 +656,18 @@ CONTRACT_ROLES: dict[str, frozenset[str]] = {
     C + "DeleteConversation": ADMIN,
     C + "ListMessages": ANY,
     CHAT + "Chat": ANY,
+    KB + "UploadDocument": ADMIN,
+    KB + "ImportText": ADMIN,
+    KB + "GetDocument": ANY,
+    KB + "ListDocuments": ANY,
+    KB + "DeleteDocument": ADMIN,
+    KB + "ReindexDocument": ADMIN,
+    KB + "SearchKnowledge": ANY,
+    KB + "CreateCuratedAnswer": ADMIN,
+    KB + "GetCuratedAnswer": ANY,
+    KB + "ListCuratedAnswers": ANY,
+    KB + "UpdateCuratedAnswer": ADMIN,
+    KB + "DeleteCuratedAnswer": ADMIN,
 }
 
 
@@ -519,6 +693,10 @@ class Own:
     conversation: str
     doomed_conversation: str
     api_key: str
+    document: str
+    doomed_document: str
+    curated_answer: str
+    doomed_curated_answer: str
 
     @property
     def workspace(self) -> str:
@@ -594,6 +772,47 @@ OWN: dict[str, OwnCall] = {
         conversation_pb2.ListMessagesRequest(parent=o.conversation), metadata=md
     ),
     CHAT + "Chat": _own_chat,
+    KB + "UploadDocument": lambda api, md, o: upload_text(api, md, o.workspace, "Own text."),
+    KB + "ImportText": lambda api, md, o: kb(api).ImportText(
+        K.ImportTextRequest(parent=o.workspace, text="Own text."), metadata=md
+    ),
+    KB + "GetDocument": lambda api, md, o: kb(api).GetDocument(
+        K.GetDocumentRequest(name=o.document), metadata=md
+    ),
+    KB + "ListDocuments": lambda api, md, o: kb(api).ListDocuments(
+        K.ListDocumentsRequest(parent=o.workspace), metadata=md
+    ),
+    KB + "DeleteDocument": lambda api, md, o: kb(api).DeleteDocument(
+        K.DeleteDocumentRequest(name=o.doomed_document), metadata=md
+    ),
+    KB + "ReindexDocument": lambda api, md, o: kb(api).ReindexDocument(
+        K.ReindexDocumentRequest(name=o.document), metadata=md
+    ),
+    KB + "SearchKnowledge": lambda api, md, o: kb(api).SearchKnowledge(
+        K.SearchKnowledgeRequest(parent=o.workspace, query="hours"), metadata=md
+    ),
+    KB + "CreateCuratedAnswer": lambda api, md, o: kb(api).CreateCuratedAnswer(
+        K.CreateCuratedAnswerRequest(
+            parent=o.workspace, curated_answer=K.CuratedAnswer(question="q?", answer="a.")
+        ),
+        metadata=md,
+    ),
+    KB + "GetCuratedAnswer": lambda api, md, o: kb(api).GetCuratedAnswer(
+        K.GetCuratedAnswerRequest(name=o.curated_answer), metadata=md
+    ),
+    KB + "ListCuratedAnswers": lambda api, md, o: kb(api).ListCuratedAnswers(
+        K.ListCuratedAnswersRequest(parent=o.workspace), metadata=md
+    ),
+    KB + "UpdateCuratedAnswer": lambda api, md, o: kb(api).UpdateCuratedAnswer(
+        K.UpdateCuratedAnswerRequest(
+            curated_answer=K.CuratedAnswer(name=o.curated_answer, answer="New."),
+            update_mask=mask("answer"),
+        ),
+        metadata=md,
+    ),
+    KB + "DeleteCuratedAnswer": lambda api, md, o: kb(api).DeleteCuratedAnswer(
+        K.DeleteCuratedAnswerRequest(name=o.doomed_curated_answer), metadata=md
+    ),
     W + "DeleteWorkspace": lambda api, md, o: api.workspaces.DeleteWorkspace(
         workspace_pb2.DeleteWorkspaceRequest(name=o.workspace), metadata=md
     ),
@@ -613,7 +832,34 @@ async def make_own(api: Api, display_name: str = "Perms") -> Own:
         workspace_pb2.CreateApiKeyRequest(parent=ws_name(workspace_id)),
         metadata=api.md(admin),
     )
-    return Own(workspace_id, conversation.name, doomed.name, key.api_key.name)
+    md = api.md(admin)
+    documents = [
+        await kb(api).ImportText(
+            K.ImportTextRequest(parent=ws_name(workspace_id), text="Opening hours: 9 to 5."),
+            metadata=md,
+        )
+        for _ in range(2)
+    ]
+    curated = [
+        await kb(api).CreateCuratedAnswer(
+            K.CreateCuratedAnswerRequest(
+                parent=ws_name(workspace_id),
+                curated_answer=K.CuratedAnswer(question=f"Question {i}?", answer="Answer."),
+            ),
+            metadata=md,
+        )
+        for i in range(2)
+    ]
+    return Own(
+        workspace_id,
+        conversation.name,
+        doomed.name,
+        key.api_key.name,
+        documents[0].name,
+        documents[1].name,
+        curated[0].name,
+        curated[1].name,
+    )
 
 
 async def run_all(api: Api, md: Metadata, own: Own) -> dict[str, str]:

@@ -304,6 +304,7 @@ async def test_zero_quotas_show_server_defaults(api: Api) -> None:
         concurrent_chat_streams=defaults.default_concurrent_chat_streams,
         turns_per_minute=7,
         tokens_per_day=defaults.default_tokens_per_day,
+        max_document_bytes=defaults.default_max_document_bytes,
         principal_requests_per_minute=0,
     )
     changed = await update(

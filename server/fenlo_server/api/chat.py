@@ -11,12 +11,13 @@ around the router.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, json_format
 from grpc import aio
 
 from fenlo.v1 import chat_pb2, chat_pb2_grpc, conversation_pb2
@@ -38,15 +39,19 @@ from fenlo_server.errors import (
     not_found,
 )
 from fenlo_server.ids import new_id
+from fenlo_server.knowledge.types import SearchHit
 from fenlo_server.llm.errors import AllProvidersFailed, ProviderRequestError
+from fenlo_server.llm.prompt import cited_markers, grounded_messages
 from fenlo_server.llm.router import ProviderChoice, RouteResult
-from fenlo_server.llm.types import ChatMessage, LlmRequest
+from fenlo_server.llm.types import LlmRequest, Passage
 from fenlo_server.status import to_status
 from fenlo_server.storage.models import ConversationRow, MessageRow
 from fenlo_server.storage.repositories import ConversationRepository
 from fenlo_server.text.sentences import SentenceSplitter
 
 Ctx = aio.ServicerContext[Any, Any]
+log = logging.getLogger("fenlo.chat")
+RAG_PASSAGES = 4
 MAX_CLIENT_MESSAGE_ID = 128
 _PROVIDER_NAMES = {
     "LLM_PROVIDER_GROQ": "groq",
@@ -331,18 +336,22 @@ class ChatSession:
         self._sentence_index = 0
         info = await self._deps.directory.get(self._workspace_id)
         settings = info.settings if info is not None else {}
-        messages = []
-        if settings.get("system_prompt"):
-            messages.append(ChatMessage("system", settings["system_prompt"]))
-        messages.append(ChatMessage("user", message.text))
+        passages, hits, curated = await self._retrieve(message.text)
         result = RouteResult()
         answer: list[str] = []
         splitter = SentenceSplitter() if self._sentences else None
         failure: FenloError | None = None
+        if curated is not None:  # the fast path: the business's own answer, no LLM
+            source: AsyncIterator[str] = _words(curated)
+            result.providers.append("curated")
+        else:
+            request = LlmRequest(
+                grounded_messages(settings.get("system_prompt", ""), passages, (), message.text),
+                passages=tuple(passages),
+            )
+            source = self._deps.llm.stream(request, provider_choices(settings), result)
         try:
-            async for text in self._deps.llm.stream(
-                LlmRequest(tuple(messages)), provider_choices(settings), result
-            ):
+            async for text in source:
                 yield chat_pb2.ChatResponse(
                     delta=chat_pb2.TextDelta(turn_id=turn_id, text=text, index=len(answer))
                 )
@@ -353,15 +362,26 @@ class ChatSession:
             failure = llm_error(error)
         for sentence in splitter.flush() if splitter else ():
             yield self._sentence(turn_id, sentence)
+        text = "".join(answer)
+        cited = result.cited or cited_markers(text, passages)
+        citations = [_citation(self._workspace_id, hits[m - 1], m) for m in cited if m <= len(hits)]
+        if citations:
+            yield chat_pb2.ChatResponse(
+                citations=chat_pb2.Citations(turn_id=turn_id, citations=citations)
+            )
         assistant = None
         if answer:
             async with self._deps.db.workspace(self._workspace_id) as session:
                 assistant = await ConversationRepository(session).append_message(
                     conversation_id,
                     role="ASSISTANT",
-                    text="".join(answer),
+                    text=text,
                     turn_id=turn_id,
                     interrupted=failure is not None,
+                    citations=[
+                        json_format.MessageToDict(c, preserving_proto_field_name=True)
+                        for c in citations
+                    ],
                 )
         if failure is not None:
             yield _turn_error(turn_id, failure)
@@ -378,6 +398,30 @@ class ChatSession:
                 providers=result.providers,
             )
         )
+
+    async def _retrieve(self, question: str) -> tuple[list[Passage], list[SearchHit], str | None]:
+        """The knowledge base's passages for the question, or a curated answer.
+
+        Retrieval failing must not fail the turn: the answer is then ungrounded.
+        """
+        try:
+            results = await self._deps.knowledge.search(self._workspace_id, question, RAG_PASSAGES)
+        except Exception:
+            log.warning("knowledge search failed; answering without it", exc_info=True)
+            return [], [], None
+        if results.curated is not None:
+            return [], [], results.curated.entry.answer
+        passages = [
+            Passage(
+                marker=i + 1,
+                text=hit.context,
+                title=" > ".join([hit.chunk.title, *hit.chunk.heading_path]),
+                source=hit.chunk.source_uri,
+                score=hit.similarity,
+            )
+            for i, hit in enumerate(results.hits)
+        ]
+        return passages, results.hits, None
 
     def _sentence(self, turn_id: str, text: str) -> chat_pb2.ChatResponse:
         self._sentence_index += 1
@@ -432,6 +476,23 @@ class ChatSession:
 
     def _name(self, row: MessageRow) -> str:
         return names.message(row.workspace_id, row.conversation_id, row.id)
+
+
+async def _words(text: str) -> AsyncIterator[str]:
+    for piece in re.findall(r"\s*\S+\s*", text):
+        yield piece
+
+
+def _citation(workspace_id: str, hit: SearchHit, marker: int) -> conversation_pb2.Citation:
+    return conversation_pb2.Citation(
+        index=marker,
+        document=f"workspaces/{workspace_id}/documents/{hit.chunk.document_id}",
+        title=hit.chunk.title,
+        source_uri=hit.chunk.source_uri,
+        heading_path=list(hit.chunk.heading_path),
+        passage=hit.chunk.text,
+        score=round(hit.score, 6),
+    )
 
 
 def _empty_request() -> InvalidArgument:

@@ -26,6 +26,9 @@ from fenlo_server.errors import (
     Violations,
     invalid,
 )
+from fenlo_server.jobs.ingestion import JobQueue
+from fenlo_server.knowledge.search import KnowledgeSearch
+from fenlo_server.knowledge.types import VectorStore
 from fenlo_server.llm.router import LlmRouter
 from fenlo_server.pagination import PageTokens, page_size
 from fenlo_server.storage.db import Database
@@ -47,6 +50,9 @@ class Deps:
     authenticator: Authenticator
     tokens: TokenService
     llm: LlmRouter
+    knowledge: KnowledgeSearch
+    jobs: JobQueue
+    external_store: VectorStore | None
 
 
 class Pager:

@@ -17,6 +17,7 @@ MAX_PIPELINE_STEPS = 32
 MAX_RETENTION_DAYS = 36500
 MAX_OUTPUT_TOKENS = 131072
 MAX_QUOTA = 1_000_000_000
+MAX_DOCUMENT_BYTES = 512 * 1024 * 1024
 
 
 def validate_workspace(
@@ -115,7 +116,9 @@ def validate_quotas(
         "turns_per_minute",
         "tokens_per_day",
         "principal_requests_per_minute",
+        "max_document_bytes",
     ):
         value = getattr(quotas, field)
-        if not 0 <= value <= MAX_QUOTA:
-            violations.add(f"{path}.{field}", f"must be 0 (server default) to {MAX_QUOTA}")
+        limit = MAX_DOCUMENT_BYTES if field == "max_document_bytes" else MAX_QUOTA
+        if not 0 <= value <= limit:
+            violations.add(f"{path}.{field}", f"must be 0 (server default) to {limit}")

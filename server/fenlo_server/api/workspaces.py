@@ -75,6 +75,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
                 turns_per_minute=quotas.turns_per_minute,
                 tokens_per_day=quotas.tokens_per_day,
                 principal_requests_per_minute=quotas.principal_requests_per_minute,
+                max_document_bytes=quotas.max_document_bytes,
             ),
             create_time=to_timestamp(row.create_time),
             update_time=to_timestamp(row.update_time),

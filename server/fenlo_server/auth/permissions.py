@@ -19,6 +19,7 @@ PLATFORM_ONLY: frozenset[str] = frozenset()
 _W = "/fenlo.v1.WorkspaceService/"
 _C = "/fenlo.v1.ConversationService/"
 _CHAT = "/fenlo.v1.ChatService/"
+_K = "/fenlo.v1.KnowledgeService/"
 
 # Method -> workspace roles allowed (platform_admin is always allowed).
 RPC_ROLES: dict[str, frozenset[str]] = {
@@ -37,6 +38,18 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     _C + "DeleteConversation": ADMIN_ONLY,
     _C + "ListMessages": STAFF,
     _CHAT + "Chat": STAFF,
+    _K + "UploadDocument": ADMIN_ONLY,
+    _K + "ImportText": ADMIN_ONLY,
+    _K + "GetDocument": STAFF,
+    _K + "ListDocuments": STAFF,
+    _K + "DeleteDocument": ADMIN_ONLY,
+    _K + "ReindexDocument": ADMIN_ONLY,
+    _K + "SearchKnowledge": STAFF,
+    _K + "CreateCuratedAnswer": ADMIN_ONLY,
+    _K + "GetCuratedAnswer": STAFF,
+    _K + "ListCuratedAnswers": STAFF,
+    _K + "UpdateCuratedAnswer": ADMIN_ONLY,
+    _K + "DeleteCuratedAnswer": ADMIN_ONLY,
 }
 
 # Field paths of an update that only a platform admin may change.

@@ -10,12 +10,14 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -91,6 +93,9 @@ class WorkspaceRow(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     create_time: Mapped[datetime] = mapped_column(default=utcnow)
     update_time: Mapped[datetime] = mapped_column(default=utcnow)
+    # Bumped in the same transaction as every change to the knowledge base, so
+    # every replica's search index knows when to reload.
+    kb_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ApiKeyRow(TenantScoped, Base):
@@ -151,3 +156,115 @@ class MessageRow(TenantScoped, Base):
     analysis: Mapped[dict[str, Any]] = mapped_column(default=dict)
     author: Mapped[str] = mapped_column(String(200), default="")
     create_time: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DocumentRow(TenantScoped, Base):
+    __tablename__ = "documents"
+    __table_args__ = (
+        _workspace_fk(),
+        UniqueConstraint("workspace_id", "request_id", name="uq_documents_request"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    title: Mapped[str] = mapped_column(String(300), default="")
+    source_uri: Mapped[str] = mapped_column(String(2048), default="")
+    mime_type: Mapped[str] = mapped_column(String(200), default="")
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    status: Mapped[str] = mapped_column(String(16))
+    failure_reason: Mapped[str] = mapped_column(String(32), default="")
+    failure_message: Mapped[str] = mapped_column(Text, default="")
+    detected_type: Mapped[str] = mapped_column(String(100), default="")
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    content_sha256: Mapped[str] = mapped_column(String(64), default="")
+    chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    embedding_models: Mapped[list[Any]] = mapped_column(default=list)
+    # Each (re)index request bumps the generation; a job only commits the
+    # generation it was started for, so a stale job cannot overwrite a newer one.
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None] = mapped_column()
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    create_time: Mapped[datetime] = mapped_column(default=utcnow)
+    update_time: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DocumentBlobRow(TenantScoped, Base):
+    """The uploaded bytes, kept so a document can be reindexed."""
+
+    __tablename__ = "document_blobs"
+    __table_args__ = (
+        _workspace_fk(),
+        ForeignKeyConstraint(["document_id"], ["documents.id"], ondelete="CASCADE"),
+    )
+
+    document_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class KbSectionRow(TenantScoped, Base):
+    """A document section: the context given to the LLM around a passage."""
+
+    __tablename__ = "kb_sections"
+    __table_args__ = (
+        _workspace_fk(),
+        ForeignKeyConstraint(["document_id"], ["documents.id"], ondelete="CASCADE"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    document_id: Mapped[str] = mapped_column(ID, index=True)
+    ordinal: Mapped[int] = mapped_column(Integer)
+    heading_path: Mapped[list[Any]] = mapped_column(default=list)
+    text: Mapped[str] = mapped_column(Text)
+
+
+class KbChunkRow(TenantScoped, Base):
+    """A passage: what is matched by keywords and vectors."""
+
+    __tablename__ = "kb_chunks"
+    __table_args__ = (
+        _workspace_fk(),
+        ForeignKeyConstraint(["document_id"], ["documents.id"], ondelete="CASCADE"),
+        ForeignKeyConstraint(["section_id"], ["kb_sections.id"], ondelete="CASCADE"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    document_id: Mapped[str] = mapped_column(ID, index=True)
+    section_id: Mapped[str] = mapped_column(ID)
+    ordinal: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    embed_text: Mapped[str] = mapped_column(Text)
+    token_count: Mapped[int] = mapped_column(Integer)
+
+
+class KbVectorRow(TenantScoped, Base):
+    """One passage's vector from one embedding model (float32 bytes)."""
+
+    __tablename__ = "kb_vectors"
+    __table_args__ = (
+        _workspace_fk(),
+        ForeignKeyConstraint(["chunk_id"], ["kb_chunks.id"], ondelete="CASCADE"),
+    )
+
+    chunk_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    model: Mapped[str] = mapped_column(String(100), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class CuratedAnswerRow(TenantScoped, Base):
+    __tablename__ = "curated_answers"
+    __table_args__ = (
+        _workspace_fk(),
+        UniqueConstraint("workspace_id", "request_id", name="uq_curated_answers_request"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    question: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text)
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    # model -> base64 float32 vector of the question
+    vectors: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    create_time: Mapped[datetime] = mapped_column(default=utcnow)
+    update_time: Mapped[datetime] = mapped_column(default=utcnow)

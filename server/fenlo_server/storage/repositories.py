@@ -28,7 +28,7 @@ class DuplicateRequest(Exception):
     """A concurrent Create with the same request_id won the race."""
 
 
-def _workspace_of(session: AsyncSession) -> str:
+def workspace_of(session: AsyncSession) -> str:
     workspace = session.info.get(WORKSPACE_KEY)
     if not isinstance(workspace, str):
         raise RuntimeError("this repository needs a workspace session (Database.workspace)")
@@ -115,7 +115,7 @@ class ApiKeyRepository:
 
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
-        self.workspace_id = _workspace_of(session)
+        self.workspace_id = workspace_of(session)
 
     async def create(
         self, *, display_name: str, roles: list[str], secret_hash: str, prefix: str
@@ -180,7 +180,7 @@ class ConversationRepository:
 
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
-        self.workspace_id = _workspace_of(session)
+        self.workspace_id = workspace_of(session)
 
     async def create(
         self,
@@ -269,6 +269,7 @@ class ConversationRepository:
         client_message_id: str = "",
         interrupted: bool = False,
         author: str = "",
+        citations: list[dict[str, Any]] | None = None,
     ) -> MessageRow:
         """Store a message as the conversation's next one (its ``seq``)."""
         now = utcnow()
@@ -294,7 +295,7 @@ class ConversationRepository:
             turn_id=turn_id,
             client_message_id=client_message_id,
             interrupted=interrupted,
-            citations=[],
+            citations=citations or [],
             analysis={},
             author=author,
             create_time=now,

@@ -1,0 +1,1 @@
+"""Background jobs: document ingestion (in-process queue, or ARQ workers with Redis)."""
