@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from fenlo_server.auth.authenticator import Authenticator
 from fenlo_server.auth.principal import Principal, get_principal
@@ -32,6 +34,7 @@ from fenlo_server.knowledge.types import VectorStore
 from fenlo_server.llm.router import LlmRouter
 from fenlo_server.pagination import PageTokens, page_size
 from fenlo_server.storage.db import Database
+from fenlo_server.storage.repositories import DuplicateRequest
 
 T = TypeVar("T")
 MAX_METADATA_ENTRIES = 64
@@ -224,3 +227,45 @@ def _bad_mask(description: str) -> InvalidArgument:
         f"invalid update_mask: {description}",
         violations=[FieldViolation("update_mask", description)],
     )
+
+
+class _Idempotent(Protocol):
+    request_hash: str | None
+
+
+R = TypeVar("R", bound=_Idempotent)
+SessionFactory = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+
+
+async def create_once(
+    open_session: SessionFactory,
+    request_id: str | None,
+    digest: str | None,
+    find: Callable[[AsyncSession, str], Awaitable[R | None]],
+    create: Callable[[AsyncSession], Awaitable[R]],
+) -> tuple[R, bool]:
+    """Run ``create`` at most once per ``request_id`` (AIP-155); return (row, created).
+
+    A retry with the same request gets the row the first call made; the same
+    request_id with another request is ALREADY_EXISTS. Concurrent retries are
+    settled by the database's unique constraint: the loser reads the winner's row.
+    """
+    try:
+        async with open_session() as session:
+            if request_id is not None:
+                existing = await find(session, request_id)
+                if existing is not None:
+                    return _same_request(existing, digest), False
+            return await create(session), True
+    except DuplicateRequest:
+        async with open_session() as session:
+            existing = await find(session, request_id or "")
+        if existing is None:
+            raise request_id_conflict() from None
+        return _same_request(existing, digest), False
+
+
+def _same_request(row: R, digest: str | None) -> R:
+    if row.request_hash != digest:
+        raise request_id_conflict()
+    return row

@@ -6,6 +6,7 @@ from typing import Any
 
 from google.protobuf import empty_pb2, json_format
 from grpc import aio
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from fenlo.v1 import analysis_pb2, conversation_pb2, conversation_pb2_grpc
 from fenlo_server import names
@@ -15,20 +16,16 @@ from fenlo_server.api.common import (
     authorize_workspace,
     check_labels,
     check_text,
+    create_once,
     from_timestamp,
     request_hash,
-    request_id_conflict,
     request_id_of,
     to_timestamp,
     update_paths,
 )
 from fenlo_server.errors import Violations, not_found
 from fenlo_server.storage.models import ConversationRow, MessageRow
-from fenlo_server.storage.repositories import (
-    ConversationFilter,
-    ConversationRepository,
-    DuplicateRequest,
-)
+from fenlo_server.storage.repositories import ConversationFilter, ConversationRepository
 
 Ctx = aio.ServicerContext[Any, Any]
 Channel = conversation_pb2.Channel
@@ -126,30 +123,24 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         request_id = request_id_of(request.request_id)
         digest = request_hash(request) if request_id else None
         await self._require_workspace(workspace_id)
-        db = self._deps.db
-        row: ConversationRow | None = None
-        try:
-            async with db.workspace(workspace_id) as session:
-                repo = ConversationRepository(session)
-                if request_id is not None:
-                    row = await repo.find_by_request_id(request_id)
-                    if row is not None:
-                        if row.request_hash != digest:
-                            raise request_id_conflict()
-                        return conversation_to_proto(row)
-                row = await repo.create(
-                    channel=channel_name(conv.channel or Channel.CHANNEL_API),
-                    external_contact_id=conv.external_contact_id,
-                    labels=dict(conv.metadata),
-                    state=state_name(conv.state or State.CONVERSATION_STATE_OPEN),
-                    request_id=request_id,
-                    request_hash=digest,
-                )
-        except DuplicateRequest:  # a concurrent retry with the same request_id won
-            async with db.workspace(workspace_id) as session:
-                row = await ConversationRepository(session).find_by_request_id(request_id or "")
-            if row is None or row.request_hash != digest:
-                raise request_id_conflict() from None
+
+        async def create(session: AsyncSession) -> ConversationRow:
+            return await ConversationRepository(session).create(
+                channel=channel_name(conv.channel or Channel.CHANNEL_API),
+                external_contact_id=conv.external_contact_id,
+                labels=dict(conv.metadata),
+                state=state_name(conv.state or State.CONVERSATION_STATE_OPEN),
+                request_id=request_id,
+                request_hash=digest,
+            )
+
+        row, _ = await create_once(
+            lambda: self._deps.db.workspace(workspace_id),
+            request_id,
+            digest,
+            lambda session, rid: ConversationRepository(session).find_by_request_id(rid),
+            create,
+        )
         return conversation_to_proto(row)
 
     async def GetConversation(

@@ -10,6 +10,7 @@ from typing import Any
 
 from google.protobuf import empty_pb2
 from grpc import aio
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from fenlo.v1 import knowledge_pb2, knowledge_pb2_grpc
 from fenlo_server import names
@@ -18,8 +19,8 @@ from fenlo_server.api.common import (
     Pager,
     authorize_workspace,
     check_text,
+    create_once,
     request_hash,
-    request_id_conflict,
     request_id_of,
     to_timestamp,
     update_paths,
@@ -43,7 +44,6 @@ from fenlo_server.storage.knowledge import (
     encode_vectors,
 )
 from fenlo_server.storage.models import CuratedAnswerRow, DocumentRow
-from fenlo_server.storage.repositories import DuplicateRequest
 
 log = logging.getLogger("fenlo.knowledge")
 Ctx = aio.ServicerContext[Any, Any]
@@ -191,33 +191,28 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         title = document.title or (
             PurePosixPath(document.source_uri).name if document.source_uri else ""
         )
-        db = self._deps.db
-        try:
-            async with db.workspace(workspace_id) as session:
-                repo = DocumentRepository(session)
-                if request_id is not None:
-                    existing = await repo.find_by_request_id(request_id)
-                    if existing is not None:
-                        if existing.request_hash != digest:
-                            raise request_id_conflict()
-                        return document_to_proto(existing)
-                row = await repo.create(
-                    title=title,
-                    source_uri=document.source_uri,
-                    mime_type=document.mime_type,
-                    tags=list(dict.fromkeys(document.tags)),
-                    content=content,
-                    content_sha256=hashlib.sha256(content).hexdigest(),
-                    request_id=request_id,
-                    request_hash=digest,
-                )
-        except DuplicateRequest:
-            async with db.workspace(workspace_id) as session:
-                existing = await DocumentRepository(session).find_by_request_id(request_id or "")
-            if existing is None or existing.request_hash != digest:
-                raise request_id_conflict() from None
-            return document_to_proto(existing)
-        await self._deps.jobs.enqueue_ingest(workspace_id, row.id, row.generation)
+
+        async def create(session: AsyncSession) -> DocumentRow:
+            return await DocumentRepository(session).create(
+                title=title,
+                source_uri=document.source_uri,
+                mime_type=document.mime_type,
+                tags=list(dict.fromkeys(document.tags)),
+                content=content,
+                content_sha256=hashlib.sha256(content).hexdigest(),
+                request_id=request_id,
+                request_hash=digest,
+            )
+
+        row, created = await create_once(
+            lambda: self._deps.db.workspace(workspace_id),
+            request_id,
+            digest,
+            lambda session, rid: DocumentRepository(session).find_by_request_id(rid),
+            create,
+        )
+        if created:
+            await self._deps.jobs.enqueue_ingest(workspace_id, row.id, row.generation)
         return document_to_proto(row)
 
     async def GetDocument(
@@ -333,33 +328,26 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         if await self._deps.directory.get(workspace_id) is None:
             raise not_found("workspace", request.parent)
         vectors = await self._embed(answer.question)
-        db = self._deps.db
-        try:
-            async with db.workspace(workspace_id) as session:
-                repo = CuratedAnswerRepository(session)
-                if request_id is not None:
-                    existing = await repo.find_by_request_id(request_id)
-                    if existing is not None:
-                        if existing.request_hash != digest:
-                            raise request_id_conflict()
-                        return curated_to_proto(workspace_id, existing)
-                row = await repo.create(
-                    question=answer.question,
-                    answer=answer.answer,
-                    tags=list(dict.fromkeys(answer.tags)),
-                    vectors=vectors,
-                    request_id=request_id,
-                    request_hash=digest,
-                )
-        except DuplicateRequest:
-            async with db.workspace(workspace_id) as session:
-                existing = await CuratedAnswerRepository(session).find_by_request_id(
-                    request_id or ""
-                )
-            if existing is None or existing.request_hash != digest:
-                raise request_id_conflict() from None
-            return curated_to_proto(workspace_id, existing)
-        self._deps.knowledge.indexes.invalidate(workspace_id)
+
+        async def create(session: AsyncSession) -> CuratedAnswerRow:
+            return await CuratedAnswerRepository(session).create(
+                question=answer.question,
+                answer=answer.answer,
+                tags=list(dict.fromkeys(answer.tags)),
+                vectors=vectors,
+                request_id=request_id,
+                request_hash=digest,
+            )
+
+        row, created = await create_once(
+            lambda: self._deps.db.workspace(workspace_id),
+            request_id,
+            digest,
+            lambda session, rid: CuratedAnswerRepository(session).find_by_request_id(rid),
+            create,
+        )
+        if created:
+            self._deps.knowledge.indexes.invalidate(workspace_id)
         return curated_to_proto(workspace_id, row)
 
     async def GetCuratedAnswer(

@@ -6,6 +6,7 @@ from typing import Any
 
 from google.protobuf import empty_pb2, field_mask_pb2, json_format
 from grpc import aio
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from fenlo.v1 import workspace_pb2, workspace_pb2_grpc
 from fenlo_server import names
@@ -14,8 +15,8 @@ from fenlo_server.api.common import (
     Pager,
     authorize_workspace,
     check_text,
+    create_once,
     request_hash,
-    request_id_conflict,
     request_id_of,
     to_timestamp,
     update_paths,
@@ -32,7 +33,7 @@ from fenlo_server.errors import (
     not_found,
 )
 from fenlo_server.storage.models import ApiKeyRow, WorkspaceRow
-from fenlo_server.storage.repositories import ApiKeyRepository, DuplicateRequest, WorkspaceStore
+from fenlo_server.storage.repositories import ApiKeyRepository, WorkspaceStore
 
 Ctx = aio.ServicerContext[Any, Any]
 UPDATABLE = ("display_name", "settings", "quotas")
@@ -88,35 +89,25 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         validate_workspace(violations, request.workspace)
         violations.raise_if_any()
         request_id = request_id_of(request.request_id)
-        digest = request_hash(request) if request_id else None
-        db = self._deps.db
-        async with db.unscoped("create workspace") as session:
-            store = WorkspaceStore(session)
-            if request_id is not None:
-                existing = await store.find_by_request_id(request_id)
-                if existing is not None:
-                    return self._replay(existing, digest)
-            try:
-                row = await store.create(
-                    display_name=request.workspace.display_name,
-                    settings=settings_to_json(request.workspace.settings),
-                    quotas=quotas_to_json(request.workspace.quotas),
-                    request_id=request_id,
-                    request_hash=digest,
-                )
-            except DuplicateRequest:
-                row = None
-        if row is None:  # a concurrent retry with the same request_id won
-            async with db.unscoped("create workspace (retry)") as session:
-                existing = await WorkspaceStore(session).find_by_request_id(request_id or "")
-            if existing is None:
-                raise RuntimeError("request_id conflict without a stored workspace")
-            return self._replay(existing, digest)
-        return self._to_proto(row)
+        workspace = request.workspace
 
-    def _replay(self, row: WorkspaceRow, digest: str | None) -> workspace_pb2.Workspace:
-        if row.request_hash != digest:
-            raise request_id_conflict()
+        async def create(session: AsyncSession) -> WorkspaceRow:
+            return await WorkspaceStore(session).create(
+                display_name=workspace.display_name,
+                settings=settings_to_json(workspace.settings),
+                quotas=quotas_to_json(workspace.quotas),
+                request_id=request_id,
+                request_hash=digest,
+            )
+
+        digest = request_hash(request) if request_id else None
+        row, _ = await create_once(
+            lambda: self._deps.db.unscoped("create workspace"),
+            request_id,
+            digest,
+            lambda session, rid: WorkspaceStore(session).find_by_request_id(rid),
+            create,
+        )
         return self._to_proto(row)
 
     async def GetWorkspace(
