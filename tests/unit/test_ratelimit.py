@@ -53,3 +53,31 @@ async def test_concurrency_slots_are_released_once() -> None:
     third = await limiter.acquire("s", 2)
     assert third is not None
     assert await limiter.acquire("s", 2) is None
+
+
+async def test_a_capacity_larger_than_a_minute_and_forced_charges() -> None:
+    clock = Clock()
+    limiter = LocalRateLimiter(clock)
+    # A daily budget of 1440 refilled at one a minute: all of it can go at once.
+    assert (await limiter.take("day", 1, 1000, capacity=1440)).allowed
+    assert not (await limiter.take("day", 1, 500, capacity=1440)).allowed
+    # What was already used is charged even past the budget; the bucket owes it.
+    decision = await limiter.take("day", 1, 500, capacity=1440, force=True)
+    assert decision.allowed and decision.remaining == pytest.approx(-60)
+    refused = await limiter.take("day", 1, 1, capacity=1440)
+    assert not refused.allowed and refused.retry_after == pytest.approx(61 * 60)
+
+
+async def test_pruning_keeps_buckets_that_are_not_full_yet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fenlo_server.ratelimit import local
+
+    monkeypatch.setattr(local, "MAX_BUCKETS", 2)
+    clock = Clock()
+    limiter = LocalRateLimiter(clock)
+    assert (await limiter.take("day", 1, 1440, capacity=1440)).allowed
+    assert (await limiter.take("minute", 60)).allowed
+    clock.now += 120  # "minute" is full again, "day" has 2 of 1440 back
+    assert (await limiter.take("other", 60)).allowed  # prunes
+    assert not (await limiter.take("day", 1, 10, capacity=1440)).allowed

@@ -25,8 +25,18 @@ class Lease(Protocol):
 
 
 class RateLimiter(Protocol):
-    async def take(self, key: str, per_minute: int, cost: float = 1.0) -> Decision:
-        """Take ``cost`` from the rate of ``key`` (``per_minute`` per minute, that burst)."""
+    async def take(
+        self,
+        key: str,
+        per_minute: float,
+        cost: float = 1.0,
+        *,
+        capacity: float | None = None,
+        force: bool = False,
+    ) -> Decision:
+        """Take ``cost`` from the bucket of ``key``, refilled at ``per_minute`` a minute
+        up to ``capacity`` (default: one minute's worth). ``force`` takes it even when
+        the bucket cannot cover it (to account for what was already used)."""
         ...
 
     async def acquire(self, key: str, limit: int) -> Lease | None:

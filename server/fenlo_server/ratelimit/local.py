@@ -11,11 +11,12 @@ MAX_BUCKETS = 100_000
 
 
 class _Bucket:
-    __slots__ = ("tokens", "updated")
+    __slots__ = ("full_at", "tokens", "updated")
 
     def __init__(self, tokens: float, updated: float) -> None:
         self.tokens = tokens
         self.updated = updated
+        self.full_at = updated  # when the bucket is full again if nothing more is taken
 
 
 class _Slot:
@@ -40,12 +41,28 @@ class LocalRateLimiter:
         self._buckets: dict[str, _Bucket] = {}
         self._held: dict[str, int] = {}
 
-    async def take(self, key: str, per_minute: int, cost: float = 1.0) -> Decision:
-        return self.take_now(key, per_minute, cost)
+    async def take(
+        self,
+        key: str,
+        per_minute: float,
+        cost: float = 1.0,
+        *,
+        capacity: float | None = None,
+        force: bool = False,
+    ) -> Decision:
+        return self.take_now(key, per_minute, cost, capacity=capacity, force=force)
 
-    def take_now(self, key: str, per_minute: int, cost: float = 1.0) -> Decision:
+    def take_now(
+        self,
+        key: str,
+        per_minute: float,
+        cost: float = 1.0,
+        *,
+        capacity: float | None = None,
+        force: bool = False,
+    ) -> Decision:
         now = self._clock()
-        capacity = float(per_minute)
+        capacity = float(per_minute if capacity is None else capacity)
         rate = per_minute / 60.0
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -55,15 +72,16 @@ class LocalRateLimiter:
         else:
             bucket.tokens = min(capacity, bucket.tokens + (now - bucket.updated) * rate)
             bucket.updated = now
-        if bucket.tokens >= cost:
+        if bucket.tokens >= cost or force:
             bucket.tokens -= cost
+            bucket.full_at = now + (capacity - bucket.tokens) / rate if rate > 0 else float("inf")
             return Decision(True, 0.0, bucket.tokens)
         retry_after = (cost - bucket.tokens) / rate if rate > 0 else 60.0
         return Decision(False, retry_after, bucket.tokens)
 
     def _prune(self, now: float) -> None:
-        """Forget buckets idle long enough to be full again (at most a minute)."""
-        for key in [k for k, b in self._buckets.items() if now - b.updated > 60.0]:
+        """Forget buckets that are full again (a new one starts full, so nothing changes)."""
+        for key in [k for k, b in self._buckets.items() if now >= b.full_at]:
             del self._buckets[key]
 
     async def acquire(self, key: str, limit: int) -> Lease | None:
