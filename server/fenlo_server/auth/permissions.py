@@ -37,6 +37,7 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     _C + "UpdateConversation": STAFF,
     _C + "DeleteConversation": ADMIN_ONLY,
     _C + "ListMessages": STAFF,
+    _C + "PostAgentMessage": frozenset({ADMIN, AGENT}),
     _CHAT + "Chat": STAFF,
     _K + "UploadDocument": ADMIN_ONLY,
     _K + "ImportText": ADMIN_ONLY,

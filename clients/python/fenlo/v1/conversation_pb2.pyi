@@ -604,3 +604,35 @@ class ListMessagesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListMessagesResponse: _TypeAlias = ListMessagesResponse  # noqa: Y015
+
+@_typing.final
+class PostAgentMessageRequest(_message.Message):
+    """The request to post a human agent's message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    AUTHOR_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The conversation, `workspaces/{workspace}/conversations/{conversation}`."""
+    text: _builtins.str
+    """The message text, 1 to 8,000 characters."""
+    author: _builtins.str
+    """The name the agent signs with, at most 200 characters; defaults to the
+    caller's subject.
+    """
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        text: _builtins.str = ...,
+        author: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "parent", b"parent", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PostAgentMessageRequest: _TypeAlias = PostAgentMessageRequest  # noqa: Y015

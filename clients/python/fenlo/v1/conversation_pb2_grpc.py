@@ -67,6 +67,11 @@ class ConversationServiceStub:
                 request_serializer=fenlo_dot_v1_dot_conversation__pb2.ListMessagesRequest.SerializeToString,
                 response_deserializer=fenlo_dot_v1_dot_conversation__pb2.ListMessagesResponse.FromString,
                 _registered_method=True)
+        self.PostAgentMessage = channel.unary_unary(
+                '/fenlo.v1.ConversationService/PostAgentMessage',
+                request_serializer=fenlo_dot_v1_dot_conversation__pb2.PostAgentMessageRequest.SerializeToString,
+                response_deserializer=fenlo_dot_v1_dot_conversation__pb2.Message.FromString,
+                _registered_method=True)
 
 
 class ConversationServiceServicer:
@@ -119,6 +124,16 @@ class ConversationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PostAgentMessage(self, request, context):
+        """Stores a human agent's message in the conversation and delivers it to the
+        conversation's live Chat stream as `agent_message`. An OPEN conversation
+        becomes HANDED_OFF: the assistant stays silent until the conversation is
+        set back to OPEN with UpdateConversation. Roles: admin, agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConversationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -151,6 +166,11 @@ def add_ConversationServiceServicer_to_server(servicer, server):
                     servicer.ListMessages,
                     request_deserializer=fenlo_dot_v1_dot_conversation__pb2.ListMessagesRequest.FromString,
                     response_serializer=fenlo_dot_v1_dot_conversation__pb2.ListMessagesResponse.SerializeToString,
+            ),
+            'PostAgentMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.PostAgentMessage,
+                    request_deserializer=fenlo_dot_v1_dot_conversation__pb2.PostAgentMessageRequest.FromString,
+                    response_serializer=fenlo_dot_v1_dot_conversation__pb2.Message.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -317,6 +337,33 @@ class ConversationService:
             '/fenlo.v1.ConversationService/ListMessages',
             fenlo_dot_v1_dot_conversation__pb2.ListMessagesRequest.SerializeToString,
             fenlo_dot_v1_dot_conversation__pb2.ListMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PostAgentMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fenlo.v1.ConversationService/PostAgentMessage',
+            fenlo_dot_v1_dot_conversation__pb2.PostAgentMessageRequest.SerializeToString,
+            fenlo_dot_v1_dot_conversation__pb2.Message.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,12 @@ class ConversationServiceStub:
     """Lists a conversation's messages, oldest first. Roles: admin, agent,
     service.
     """
+    PostAgentMessage: _grpc.UnaryUnaryMultiCallable[_conversation_pb2.PostAgentMessageRequest, _conversation_pb2.Message]
+    """Stores a human agent's message in the conversation and delivers it to the
+    conversation's live Chat stream as `agent_message`. An OPEN conversation
+    becomes HANDED_OFF: the assistant stays silent until the conversation is
+    set back to OPEN with UpdateConversation. Roles: admin, agent.
+    """
 
 @_typing.type_check_only
 class ConversationServiceAsyncStub(ConversationServiceStub):
@@ -79,6 +85,12 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
     ListMessages: _aio.UnaryUnaryMultiCallable[_conversation_pb2.ListMessagesRequest, _conversation_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """Lists a conversation's messages, oldest first. Roles: admin, agent,
     service.
+    """
+    PostAgentMessage: _aio.UnaryUnaryMultiCallable[_conversation_pb2.PostAgentMessageRequest, _conversation_pb2.Message]  # type: ignore[assignment]
+    """Stores a human agent's message in the conversation and delivers it to the
+    conversation's live Chat stream as `agent_message`. An OPEN conversation
+    becomes HANDED_OFF: the assistant stays silent until the conversation is
+    set back to OPEN with UpdateConversation. Roles: admin, agent.
     """
 
 class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -138,6 +150,18 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_conversation_pb2.ListMessagesResponse, _abc.Awaitable[_conversation_pb2.ListMessagesResponse]]:
         """Lists a conversation's messages, oldest first. Roles: admin, agent,
         service.
+        """
+
+    @_abc_1.abstractmethod
+    def PostAgentMessage(
+        self,
+        request: _conversation_pb2.PostAgentMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conversation_pb2.Message, _abc.Awaitable[_conversation_pb2.Message]]:
+        """Stores a human agent's message in the conversation and delivers it to the
+        conversation's live Chat stream as `agent_message`. An OPEN conversation
+        becomes HANDED_OFF: the assistant stays silent until the conversation is
+        set back to OPEN with UpdateConversation. Roles: admin, agent.
         """
 
 def add_ConversationServiceServicer_to_server(servicer: ConversationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
