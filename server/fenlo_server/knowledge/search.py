@@ -38,6 +38,7 @@ class CuratedMatch:
 class SearchResults:
     hits: list[SearchHit] = field(default_factory=list)
     curated: CuratedMatch | None = None
+    vectors: dict[str, Vector] = field(default_factory=dict)  # the query's, by model
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +87,9 @@ class KnowledgeSearch:
         if index is None or index.empty:
             return SearchResults()
         vectors = await self.embed(query) if options.use_vectors or index.curated else {}
-        results = SearchResults(curated=self._curated(index, query, vectors, options))
+        results = SearchResults(
+            curated=self._curated(index, query, vectors, options), vectors=vectors
+        )
         if not index.chunks:
             return results
         allowed = index.allowed(tag)

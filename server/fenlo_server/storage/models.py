@@ -96,6 +96,8 @@ class WorkspaceRow(Base):
     # Bumped in the same transaction as every change to the knowledge base, so
     # every replica's search index knows when to reload.
     kb_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The last sequence number given to one of the workspace's events.
+    event_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class ApiKeyRow(TenantScoped, Base):
@@ -268,3 +270,47 @@ class CuratedAnswerRow(TenantScoped, Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     create_time: Mapped[datetime] = mapped_column(default=utcnow)
     update_time: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LeadRow(TenantScoped, Base):
+    """One conversation's lead: its cumulative score, signals and contact details."""
+
+    __tablename__ = "leads"
+    __table_args__ = (
+        _workspace_fk(),
+        ForeignKeyConstraint(["conversation_id"], ["conversations.id"], ondelete="CASCADE"),
+        UniqueConstraint("conversation_id", name="uq_leads_conversation"),
+        Index("ix_leads_score", "workspace_id", "score"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(ID)
+    score: Mapped[float] = mapped_column(default=0.0)
+    status: Mapped[str] = mapped_column(String(16), default="NEW")
+    owner: Mapped[str] = mapped_column(String(200), default="")
+    notes: Mapped[str] = mapped_column(Text, default="")
+    turns: Mapped[int] = mapped_column(Integer, default=0)
+    signals: Mapped[list[Any]] = mapped_column(default=list)
+    contact: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    qualified_time: Mapped[datetime | None] = mapped_column()
+    create_time: Mapped[datetime] = mapped_column(default=utcnow)
+    update_time: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OutboxEventRow(TenantScoped, Base):
+    """An event written in the same transaction as the change it describes; a relay
+    publishes it (the transactional outbox)."""
+
+    __tablename__ = "outbox_events"
+    __table_args__ = (
+        _workspace_fk(),
+        UniqueConstraint("workspace_id", "seq", name="uq_outbox_events_seq"),
+        Index("ix_outbox_events_unpublished", "published_time", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    create_time: Mapped[datetime] = mapped_column(default=utcnow)
+    published_time: Mapped[datetime | None] = mapped_column()

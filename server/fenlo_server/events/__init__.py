@@ -1,0 +1,1 @@
+"""Events: typed changes of a workspace, written to the transactional outbox."""

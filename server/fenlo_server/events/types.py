@@ -1,0 +1,37 @@
+"""The events a workspace emits. Each is written to the outbox in the same
+transaction as the change it describes and carries the workspace's next
+sequence number; the relay (issue "Events, Redis and graceful degradation")
+publishes them. Payloads hold resource names and small values, never secrets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+CONVERSATION_STARTED = "conversation.started"
+CONVERSATION_STATE_CHANGED = "conversation.state_changed"
+MESSAGE_CREATED = "message.created"
+TURN_COMPLETED = "turn.completed"
+SENTIMENT_CHANGED = "sentiment.changed"
+LEAD_SCORE_CHANGED = "lead.score_changed"
+LEAD_QUALIFIED = "lead.qualified"
+HANDOFF_REQUESTED = "handoff.requested"
+AGENT_MESSAGE_POSTED = "agent_message.posted"
+
+TYPES = (
+    CONVERSATION_STARTED,
+    CONVERSATION_STATE_CHANGED,
+    MESSAGE_CREATED,
+    TURN_COMPLETED,
+    SENTIMENT_CHANGED,
+    LEAD_SCORE_CHANGED,
+    LEAD_QUALIFIED,
+    HANDOFF_REQUESTED,
+    AGENT_MESSAGE_POSTED,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str
+    payload: dict[str, Any] = field(default_factory=dict)

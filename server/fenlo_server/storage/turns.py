@@ -1,0 +1,161 @@
+"""Reads and writes of a chat turn: the conversation's memory on the first turn,
+and everything a completed turn stores, in one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fenlo_server.events.types import Event
+from fenlo_server.ids import new_id
+from fenlo_server.storage.models import ConversationRow, LeadRow, MessageRow, utcnow
+from fenlo_server.storage.outbox import append_events
+from fenlo_server.storage.repositories import ConversationRepository, workspace_of
+
+RECENT = 10  # per-turn sentiment and quality scores kept on the conversation
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConversation:
+    state: str
+    messages: list[tuple[str, str]]  # (role, text), oldest first: user / assistant
+    sentiments: list[float]
+    qualities: list[float]
+    last_sentiment: str
+    lead_score: float = 0.0
+    lead_turns: int = 0
+    lead_signals: list[dict[str, Any]] = field(default_factory=list)
+    lead_contact: dict[str, str] = field(default_factory=dict)
+
+
+_ROLES = {"USER": "user", "ASSISTANT": "assistant", "AGENT": "assistant"}
+
+
+async def load_conversation(
+    session: AsyncSession, conversation_id: str, limit: int
+) -> LoadedConversation | None:
+    conversation = (
+        await session.execute(select(ConversationRow).where(ConversationRow.id == conversation_id))
+    ).scalar_one_or_none()
+    if conversation is None:
+        return None
+    rows = list(
+        (
+            await session.execute(
+                select(MessageRow.role, MessageRow.text)
+                .where(MessageRow.conversation_id == conversation_id)
+                .order_by(MessageRow.seq.desc())
+                .limit(limit)
+            )
+        ).all()
+    )
+    lead = (
+        await session.execute(select(LeadRow).where(LeadRow.conversation_id == conversation_id))
+    ).scalar_one_or_none()
+    analysis = conversation.analysis or {}
+    return LoadedConversation(
+        state=conversation.state,
+        messages=[(_ROLES[r], t) for r, t in reversed(rows) if r in _ROLES and t],
+        sentiments=[float(x) for x in analysis.get("recentSentiments", [])],
+        qualities=[float(x) for x in analysis.get("recentQualities", [])],
+        last_sentiment=str((analysis.get("sentiment") or {}).get("label", "")),
+        lead_score=lead.score if lead else 0.0,
+        lead_turns=lead.turns if lead else 0,
+        lead_signals=list(lead.signals) if lead else [],
+        lead_contact=dict(lead.contact) if lead else {},
+    )
+
+
+@dataclass(slots=True)
+class TurnRecord:
+    """What a completed turn stores (built by the persistence step)."""
+
+    conversation_id: str
+    turn_id: str
+    user_message_id: str
+    answer: str | None  # None: no assistant message (silent while handed off)
+    interrupted: bool
+    citations: list[dict[str, Any]]
+    turn_analysis: dict[str, Any]  # TurnAnalysis JSON, stored on the user message
+    conversation_analysis: dict[str, Any]  # ConversationAnalysis JSON (+ recent lists)
+    new_state: str | None  # HANDED_OFF after a handoff
+    lead: dict[str, Any] | None  # score, turns, signals, contact
+    events: list[Event]
+    stored_user_text: str | None = None  # when the stored text must change (masking)
+
+
+async def store_turn(session: AsyncSession, record: TurnRecord) -> str:
+    """Write the turn; return the assistant message's id ("" when none)."""
+    workspace_id = workspace_of(session)
+    repo = ConversationRepository(session)
+    assistant_id = ""
+    if record.answer is not None:
+        assistant = await repo.append_message(
+            record.conversation_id,
+            role="ASSISTANT",
+            text=record.answer,
+            turn_id=record.turn_id,
+            interrupted=record.interrupted,
+            citations=record.citations,
+        )
+        assistant_id = assistant.id
+    values: dict[str, Any] = {"analysis": record.turn_analysis}
+    if record.stored_user_text is not None:
+        values["text"] = record.stored_user_text
+    await session.execute(
+        update(MessageRow).where(MessageRow.id == record.user_message_id).values(**values)
+    )
+    conversation_values: dict[str, Any] = {
+        "analysis": record.conversation_analysis,
+        "update_time": utcnow(),
+    }
+    if record.new_state:
+        conversation_values["state"] = record.new_state
+    await session.execute(
+        update(ConversationRow)
+        .where(ConversationRow.id == record.conversation_id)
+        .values(**conversation_values)
+    )
+    if record.lead is not None:
+        lead = (
+            await session.execute(
+                select(LeadRow).where(LeadRow.conversation_id == record.conversation_id)
+            )
+        ).scalar_one_or_none()
+        now = utcnow()
+        if lead is None:
+            lead = LeadRow(
+                id=new_id(),
+                workspace_id=workspace_id,
+                conversation_id=record.conversation_id,
+                status="NEW",
+                create_time=now,
+            )
+            session.add(lead)
+        lead.score = float(record.lead["score"])
+        lead.turns = int(record.lead["turns"])
+        lead.signals = list(record.lead["signals"])
+        lead.contact = dict(record.lead["contact"])
+        if record.lead.get("qualified") and lead.qualified_time is None:
+            lead.qualified_time = now
+        lead.update_time = now
+        await session.flush()
+    await append_events(session, record.events)
+    return assistant_id
+
+
+async def trim_answer(session: AsyncSession, message_id: str, delivered: int) -> str | None:
+    """Cut a stored answer at ``delivered`` code points (a late interrupt); return it."""
+    row = (
+        await session.execute(select(MessageRow).where(MessageRow.id == message_id))
+    ).scalar_one_or_none()
+    if row is None:
+        return None
+    if delivered < len(row.text):
+        row.text = row.text[:delivered]
+        row.interrupted = True
+        await session.flush()
+    return row.text
