@@ -86,9 +86,18 @@ class ChatStream:
         return Turn(events)
 
     async def turn_error(self) -> chat_pb2.TurnError:
+        """The next `error`, after any annotations (a turn's guard verdict comes first)."""
         response = await self.read()
+        while response.WhichOneof("kind") == "annotations":
+            response = await self.read()
         assert response.WhichOneof("kind") == "error", response
         return response.error
+
+    async def read_until(self, kind: str) -> chat_pb2.ChatResponse:
+        """Read past other responses to the next one of ``kind``."""
+        while (response := await self.read()).WhichOneof("kind") != kind:
+            assert response.WhichOneof("kind") not in ("error", "turn_completed"), response
+        return response
 
     async def rest(self) -> list[chat_pb2.ChatResponse]:
         """Every remaining response; the stream must end with OK."""

@@ -43,7 +43,11 @@ from fenlo_server.jobs.ingestion import InProcessQueue, JobQueue
 from fenlo_server.knowledge.factory import build_embedders, build_external_store, build_search
 from fenlo_server.knowledge.types import Embedder
 from fenlo_server.llm.factory import build_router
+from fenlo_server.locks import LocalConversationLocks
 from fenlo_server.pagination import PageTokens
+from fenlo_server.pipeline.registry import StepRegistry
+from fenlo_server.pipeline.services import TurnServices
+from fenlo_server.pipeline.steps import register_builtin
 from fenlo_server.ratelimit.local import LocalRateLimiter
 from fenlo_server.storage import migrate
 from fenlo_server.storage.db import Database
@@ -214,6 +218,9 @@ class FenloApp:
         self.limiter = LocalRateLimiter()
         self.directory = WorkspaceDirectory(db, settings)
         self.authenticator = Authenticator(self.tokens, db, settings.cache_ttl_seconds)
+        self.steps = StepRegistry()
+        register_builtin(self.steps)
+        self.steps.load_entry_points()
         self.deps = Deps(
             settings=settings,
             db=db,
@@ -225,6 +232,16 @@ class FenloApp:
             knowledge=self.knowledge,
             jobs=self.jobs,
             external_store=self.external_store,
+            locks=LocalConversationLocks(),
+            steps=self.steps,
+        )
+        self.turn_services = TurnServices(
+            settings=settings,
+            db=db,
+            llm=self.llm,
+            knowledge=self.knowledge,
+            limiter=self.limiter,
+            directory=self.directory,
         )
         self.chat_hub = ChatHub()
         self.health = HealthServicer()
@@ -250,10 +267,10 @@ class FenloApp:
             WorkspaceServicer(self.deps), self.server
         )
         conversation_pb2_grpc.add_ConversationServiceServicer_to_server(
-            ConversationServicer(self.deps), self.server
+            ConversationServicer(self.deps, self.chat_hub), self.server
         )
         chat_pb2_grpc.add_ChatServiceServicer_to_server(
-            ChatServicer(self.deps, self.chat_hub), self.server
+            ChatServicer(self.deps, self.chat_hub, self.steps, self.turn_services), self.server
         )
         knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server(
             KnowledgeServicer(self.deps), self.server

@@ -27,6 +27,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -222,8 +223,9 @@ async def _print_demo(app: object) -> None:
         row = await store.find_by_request_id(DEMO_REQUEST_ID)
         if row is None:
             settings = workspace_pb2.WorkspaceSettings(
-                assistant_name="Fenlo Demo Assistant",
-                system_prompt="You are the helpful assistant of a small demo business.",
+                assistant_name="Harbour Café assistant",
+                system_prompt="You are the friendly assistant of Harbour Café, a small café "
+                "and bakery. Answer briefly, from the café's guide.",
                 language="en",
             )
             from fenlo_server.api.workspaces import settings_to_json
@@ -235,6 +237,7 @@ async def _print_demo(app: object) -> None:
                 request_id=DEMO_REQUEST_ID,
                 request_hash="demo",
             )
+    await _seed_demo_knowledge(app, row.id)
     token = app.tokens.issue(
         subject="demo-admin", workspace_id=row.id, roles=[ADMIN], ttl_seconds=DEMO_TOKEN_TTL
     )
@@ -246,14 +249,54 @@ async def _print_demo(app: object) -> None:
         f"-d {shlex.quote(body)} "
         f"{target}/fenlo.v1.WorkspaceService/GetWorkspace"
     )
+    chat = (
+        "printf '%s\\n' "
+        + shlex.quote(
+            json.dumps(
+                {"start": {"parent": f"workspaces/{row.id}", "options": {"sentenceEvents": True}}}
+            )
+        )
+        + " "
+        + shlex.quote(json.dumps({"userMessage": {"text": "When are you open on Sunday?"}}))
+        + " "
+        + shlex.quote(json.dumps({"userMessage": {"text": "Can I pay in cash?"}}))
+        + ' | .venv/bin/buf curl --protocol grpc --http2-prior-knowledge -H "authorization: '
+        'Bearer $FENLO_TOKEN" -d @- '
+        f"{target}/fenlo.v1.ChatService/Chat"
+    )
     print(
         "\n"
         f"Demo workspace: workspaces/{row.id}\n"
         f"Token (admin, valid 24h):\n  export FENLO_TOKEN={token}\n"
         "First call (paste it in another terminal at the repository root):\n"
-        f"  {command}\n",
+        f"  {command}\n"
+        "A chat with the demo café (after the export above):\n"
+        f"  {chat}\n",
         flush=True,
     )
+
+
+async def _seed_demo_knowledge(app: Any, workspace_id: str) -> None:
+    """Give the demo workspace its café guide on first start (processed in the background)."""
+    import hashlib
+
+    from fenlo_server.demo import DEMO_DOCUMENT, DEMO_DOCUMENT_TITLE
+    from fenlo_server.storage.knowledge import DocumentFilter, DocumentRepository
+
+    async with app.db.workspace(workspace_id) as session:
+        repo = DocumentRepository(session)
+        if await repo.list_page(filters=DocumentFilter(), limit=1, before_id=None):
+            return
+        content = DEMO_DOCUMENT.encode()
+        row = await repo.create(
+            title=DEMO_DOCUMENT_TITLE,
+            source_uri="harbour-cafe-guide.md",
+            mime_type="text/markdown",
+            tags=["demo"],
+            content=content,
+            content_sha256=hashlib.sha256(content).hexdigest(),
+        )
+    await app.jobs.enqueue_ingest(workspace_id, row.id, row.generation)
 
 
 async def _migrate(settings: Settings) -> int:

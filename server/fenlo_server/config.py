@@ -106,6 +106,28 @@ class Settings(BaseSettings):
 
     default_page_size: int = Field(50, ge=1, description="Page size when a List sets none.")
     max_page_size: int = Field(1000, ge=1, description="Larger page sizes are lowered to this.")
+    chat_turn_deadline_seconds: float = Field(
+        60.0, gt=0, description="A chat turn still running after this fails with DEADLINE_EXCEEDED."
+    )
+    chat_idle_timeout_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="A chat stream with no request and no turn for this long is closed.",
+    )
+    chat_max_stream_age_seconds: float = Field(
+        4 * 3600.0,
+        gt=0,
+        description="A chat stream older than this gets `draining` and closes after its turns.",
+    )
+    chat_max_queued_turns: int = Field(
+        4, ge=0, description="User messages that may wait behind a running turn on one stream."
+    )
+    chat_lock_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="How long a stream's hold on its conversation lasts without renewal "
+        "(default: twice the turn deadline), so a dead server cannot hold it.",
+    )
     max_user_text_chars: int = Field(
         8000, ge=1, description="Longest user message a Chat turn accepts."
     )

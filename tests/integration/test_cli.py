@@ -92,6 +92,20 @@ def default_sqlite(data_dir: Path) -> str:
     return f"sqlite+aiosqlite:///{(data_dir / 'fenlo.db').resolve()}"
 
 
+def json_stream(text: str) -> list[dict[str, Any]]:
+    """The JSON objects ``buf curl`` prints one after another for a stream."""
+    decoder = json.JSONDecoder()
+    events: list[dict[str, Any]] = []
+    position = 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position == len(text):
+            return events
+        event, position = decoder.raw_decode(text, position)
+        events.append(event)
+
+
 def claims(token: str) -> dict[str, Any]:
     decoded: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
     return decoded
@@ -300,7 +314,9 @@ async def serve_demo(tmp_path: Path, data_dir: Path) -> Demo:
         assert f"fenlo: listening on 127.0.0.1:{port}" in printed
         [workspace_id] = re.findall(r"Demo workspace: workspaces/([0-9a-z]{26})", printed)
         [token] = re.findall(r"export FENLO_TOKEN=(\S+)", printed)
-        [command] = [line.strip() for line in printed.splitlines() if "buf curl" in line]
+        [command, chat_command] = [
+            line.strip() for line in printed.splitlines() if "buf curl" in line
+        ]
         assert f"authorization: Bearer {token}" in command
         assert " -d " in command
         assert f"http://127.0.0.1:{port}/fenlo.v1.WorkspaceService/GetWorkspace" in command
@@ -327,7 +343,36 @@ async def serve_demo(tmp_path: Path, data_dir: Path) -> Demo:
         answer = json.loads(out)
         assert answer["name"] == f"workspaces/{workspace_id}"
         assert answer["displayName"] == "Demo workspace"
-        assert answer["settings"]["assistantName"] == "Fenlo Demo Assistant"
+        assert answer["settings"]["assistantName"] == "Harbour Café assistant"
+
+        # The printed two-turn chat works as printed too, in a shell that has
+        # the token exported, and shows tokens, sentences, citations, the
+        # analysis and the step timings.
+        chat = await asyncio.create_subprocess_exec(
+            "sh",
+            "-c",
+            chat_command.replace(".venv/bin/buf", str(BUF), 1),
+            env=dict(buf_env, FENLO_TOKEN=token),
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(chat.communicate(), 60)
+        finally:
+            if chat.returncode is None:
+                chat.kill()
+                await chat.wait()
+        assert chat.returncode == 0, err.decode()
+        events = json_stream(out.decode())
+        kinds = [next(iter(event)) for event in events]
+        assert kinds[0] == "sessionStarted"
+        assert kinds.count("turnCompleted") == 2
+        assert {"delta", "sentence", "citations", "annotations"} <= set(kinds)
+        timings = [
+            event["turnCompleted"]["stepTimings"] for event in events if "turnCompleted" in event
+        ]
+        assert all(len(turn) == 12 for turn in timings)
 
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 15) == 0, err_file.read_text()

@@ -313,6 +313,15 @@ CROSS: dict[str, tuple[Probe, ...]] = {
             ),
         ),
     ),
+    C + "PostAgentMessage": (
+        Probe(
+            "post",
+            lambda api, md, t: api.conversations.PostAgentMessage(
+                conversation_pb2.PostAgentMessageRequest(parent=t.conversation, text="planted"),
+                metadata=md,
+            ),
+        ),
+    ),
     CHAT + "Chat": (
         Probe("start-parent", _chat(lambda t: chat_pb2.StartChat(parent=t.workspace))),
         Probe(
@@ -655,6 +664,7 @@ CONTRACT_ROLES: dict[str, frozenset[str]] = {
     C + "UpdateConversation": ANY,
     C + "DeleteConversation": ADMIN,
     C + "ListMessages": ANY,
+    C + "PostAgentMessage": frozenset({"admin", "agent"}),
     CHAT + "Chat": ANY,
     KB + "UploadDocument": ADMIN,
     KB + "ImportText": ADMIN,
@@ -770,6 +780,10 @@ OWN: dict[str, OwnCall] = {
     ),
     C + "ListMessages": lambda api, md, o: api.conversations.ListMessages(
         conversation_pb2.ListMessagesRequest(parent=o.conversation), metadata=md
+    ),
+    C + "PostAgentMessage": lambda api, md, o: api.conversations.PostAgentMessage(
+        conversation_pb2.PostAgentMessageRequest(parent=o.conversation, text="Hello, I'm Ana."),
+        metadata=md,
     ),
     CHAT + "Chat": _own_chat,
     KB + "UploadDocument": lambda api, md, o: upload_text(api, md, o.workspace, "Own text."),

@@ -32,7 +32,9 @@ from fenlo_server.jobs.ingestion import JobQueue
 from fenlo_server.knowledge.search import KnowledgeSearch
 from fenlo_server.knowledge.types import VectorStore
 from fenlo_server.llm.router import LlmRouter
+from fenlo_server.locks import ConversationLocks
 from fenlo_server.pagination import PageTokens, page_size
+from fenlo_server.pipeline.registry import StepRegistry
 from fenlo_server.storage.db import Database
 from fenlo_server.storage.repositories import DuplicateRequest
 
@@ -56,6 +58,8 @@ class Deps:
     knowledge: KnowledgeSearch
     jobs: JobQueue
     external_store: VectorStore | None
+    locks: ConversationLocks
+    steps: StepRegistry
 
 
 class Pager:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf import empty_pb2, json_format
 from grpc import aio
@@ -23,8 +23,14 @@ from fenlo_server.api.common import (
     to_timestamp,
     update_paths,
 )
-from fenlo_server.errors import Violations, not_found
+from fenlo_server.errors import FailedPrecondition, Reason, Violations, not_found
+from fenlo_server.events.types import (
+    AGENT_MESSAGE_POSTED,
+    CONVERSATION_STATE_CHANGED,
+    Event,
+)
 from fenlo_server.storage.models import ConversationRow, MessageRow
+from fenlo_server.storage.outbox import append_events
 from fenlo_server.storage.repositories import ConversationFilter, ConversationRepository
 
 Ctx = aio.ServicerContext[Any, Any]
@@ -96,8 +102,9 @@ def validate_new_conversation(
 
 
 class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
-    def __init__(self, deps: Deps) -> None:
+    def __init__(self, deps: Deps, live: LiveConversations | None = None) -> None:
         self._deps = deps
+        self._live = live
 
     async def _require_workspace(self, workspace_id: str) -> None:
         if await self._deps.directory.get(workspace_id) is None:
@@ -220,9 +227,22 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
                 raise not_found("conversation", conv.name)
             if "metadata" in paths:
                 row.labels = dict(conv.metadata)
+            changed = "state" in paths and row.state != state_name(conv.state)
             if "state" in paths:
                 row.state = state_name(conv.state)
             row = await repo.save(row)
+            if changed:
+                await append_events(
+                    session,
+                    [
+                        Event(
+                            CONVERSATION_STATE_CHANGED,
+                            {"conversation": conv.name, "state": row.state},
+                        )
+                    ],
+                )
+        if changed and self._live is not None:
+            self._live.conversation_state(conversation_id, row.state)
         return conversation_to_proto(row)
 
     async def DeleteConversation(
@@ -259,3 +279,63 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         return conversation_pb2.ListMessagesResponse(
             messages=[message_to_proto(r) for r in rows], next_page_token=token
         )
+
+    async def PostAgentMessage(
+        self, request: conversation_pb2.PostAgentMessageRequest, context: Ctx
+    ) -> conversation_pb2.Message:
+        workspace_id, conversation_id = names.parse("conversation", request.parent, "parent")
+        principal = authorize_workspace(workspace_id)
+        violations = Violations()
+        check_text(violations, "text", request.text, max_chars=8000, required=True)
+        check_text(violations, "author", request.author, max_chars=200)
+        violations.raise_if_any()
+        async with self._deps.db.workspace(workspace_id) as session:
+            repo = ConversationRepository(session)
+            row = await repo.get(conversation_id)
+            if row is None:
+                raise not_found("conversation", request.parent)
+            if row.state == "CLOSED":
+                raise FailedPrecondition(
+                    Reason.ERROR_REASON_CONVERSATION_CLOSED,
+                    f"{request.parent} is closed and takes no new messages",
+                )
+            message = await repo.append_message(
+                conversation_id,
+                role="AGENT",
+                text=request.text,
+                author=request.author or principal.subject,
+            )
+            handed_off = row.state == "OPEN"
+            if handed_off:
+                row.state = "HANDED_OFF"
+                await repo.save(row)
+            posted = [
+                Event(
+                    AGENT_MESSAGE_POSTED,
+                    {"message": names.message(workspace_id, conversation_id, message.id)},
+                )
+            ]
+            if handed_off:
+                posted.append(
+                    Event(
+                        CONVERSATION_STATE_CHANGED,
+                        {"conversation": request.parent, "state": "HANDED_OFF"},
+                    )
+                )
+            await append_events(session, posted)
+        proto = message_to_proto(message)
+        if self._live is not None:
+            if handed_off:
+                self._live.conversation_state(conversation_id, "HANDED_OFF")
+            self._live.push_agent_message(conversation_id, proto)
+        return proto
+
+
+class LiveConversations(Protocol):
+    """The conversations' live Chat streams (the chat hub)."""
+
+    def push_agent_message(
+        self, conversation_id: str, message: conversation_pb2.Message
+    ) -> int: ...
+
+    def conversation_state(self, conversation_id: str, state: str) -> None: ...

@@ -87,6 +87,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
     ) -> workspace_pb2.Workspace:
         violations = Violations()
         validate_workspace(violations, request.workspace)
+        self._check_pipeline(violations, request.workspace, "workspace")
         violations.raise_if_any()
         request_id = request_id_of(request.request_id)
         workspace = request.workspace
@@ -109,6 +110,17 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             create,
         )
         return self._to_proto(row)
+
+    def _check_pipeline(
+        self, violations: Violations, workspace: workspace_pb2.Workspace, prefix: str
+    ) -> None:
+        """Every step of the pipeline must be registered and accept its parameters."""
+        config = settings_to_json(workspace.settings).get("pipeline", [])
+        reported = {v.field for v in violations.items}
+        for index, part, problem in self._deps.steps.check(config):
+            path = f"{prefix}.settings.pipeline[{index}]"
+            if f"{path}.name" not in reported:  # a malformed name is reported once
+                violations.add(f"{path}.{part}", problem)
 
     async def GetWorkspace(
         self, request: workspace_pb2.GetWorkspaceRequest, context: Ctx
@@ -185,6 +197,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
                 merged.quotas.CopyFrom(stored)
             violations = Violations()
             validate_workspace(violations, merged)
+            self._check_pipeline(violations, merged, "workspace")
             violations.raise_if_any()
             row.display_name = merged.display_name
             row.settings = settings_to_json(merged.settings)
