@@ -437,6 +437,33 @@ async def test_deadline_idle_and_age_limits(sqlite_template: Path, tmp_path: Pat
             await app.stop(grace=0)
 
 
+async def test_a_stream_past_its_maximum_age_drains(sqlite_template: Path, tmp_path: Path) -> None:
+    from tests.conftest import _sqlite_url
+
+    app: FenloApp = await start_app(
+        make_settings(
+            tmp_path,
+            _sqlite_url(sqlite_template, tmp_path / "db"),
+            chat_max_stream_age_seconds=1.0,
+            chat_idle_timeout_seconds=60,
+        )
+    )
+    try:
+        async with Api(app) as api:
+            workspace, token = await api.create_workspace("Age")
+            chat = ChatStream(api, token)
+            started = time.monotonic()
+            await chat.start(parent=f"workspaces/{workspace}")
+            await chat.say("Hello")
+            await chat.turn()
+            # The stream is told to reconnect, then closed with OK by the server.
+            rest = await chat.rest()
+            assert [r.WhichOneof("kind") for r in rest] == ["draining"]
+            assert 1.0 <= time.monotonic() - started < 10
+    finally:
+        await app.stop(grace=0)
+
+
 async def test_replays_carry_the_stored_annotations(api: Api) -> None:
     workspace, token = await api.create_workspace("Replay")
     chat = ChatStream(api, token)
