@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from grpc import aio
@@ -38,21 +38,53 @@ class _Observe:
         state = self._state
         code = state.code
         if code is None:
-            if exc is None or isinstance(exc, GeneratorExit):
+            remaining = self._context.time_remaining()
+            ended = exc is None or isinstance(exc, GeneratorExit)
+            if isinstance(exc, asyncio.CancelledError) or (
+                ended
+                and (
+                    self._context.cancelled()
+                    or (remaining is not None and remaining <= DEADLINE_SLACK_SECONDS)
+                )
+            ):
+                # A client whose deadline passes cancels the call itself, a little before
+                # the server's copy of the deadline (sent as a relative grpc-timeout)
+                # passes: count a cancellation that close to the deadline as expiry. A
+                # streaming handler may end by itself first (its request stream simply
+                # ends when the client cancels): ending that close to the deadline, the
+                # caller saw DEADLINE_EXCEEDED too.
+                expired = remaining is not None and remaining <= DEADLINE_SLACK_SECONDS
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            elif exc is None or isinstance(exc, GeneratorExit):
                 code = _code_of(self._context)
             elif isinstance(exc, aio.AbortError):
                 # The handler called context.abort() itself (health's NOT_FOUND, ...).
                 code = _code_of(self._context, default=grpc.StatusCode.UNKNOWN)
-            elif isinstance(exc, asyncio.CancelledError):
-                # A client whose deadline passes cancels the call itself, a little before
-                # the server's copy of the deadline (sent as a relative grpc-timeout)
-                # passes: count a cancellation that close to the deadline as expiry.
-                remaining = self._context.time_remaining()
-                expired = remaining is not None and remaining <= DEADLINE_SLACK_SECONDS
-                code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             else:
                 code = grpc.StatusCode.UNKNOWN
         duration = time.perf_counter() - state.started
+        if code == grpc.StatusCode.OK and not self._context.done():
+            # A streaming handler whose caller cancelled may return before the
+            # cancellation reaches it (its request stream just ends): the outcome is
+            # known once the call is done.
+            remaining = self._context.time_remaining()
+
+            def finished(ctx: aio.ServicerContext[Any, Any]) -> None:
+                outcome = grpc.StatusCode.OK
+                if ctx.cancelled():
+                    expired = remaining is not None and remaining <= DEADLINE_SLACK_SECONDS
+                    outcome = (
+                        grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+                    )
+                self._record(outcome, duration)
+
+            # (The stubs declare the callback type as a class, not a protocol.)
+            self._context.add_done_callback(cast(Any, finished))
+            return
+        self._record(code, duration)
+
+    def _record(self, code: grpc.StatusCode, duration: float) -> None:
+        state = self._state
         metrics.RPC_TOTAL.labels(state.method, code.name).inc()
         metrics.RPC_SECONDS.labels(state.method).observe(duration)
         principal = state.principal
