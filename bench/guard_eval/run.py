@@ -2,6 +2,12 @@
 
     python bench/guard_eval/run.py            # prints the tables
     python bench/guard_eval/run.py --write    # also writes bench/results/guard_eval.json
+    python bench/guard_eval/run.py --cases new.jsonl --no-validate   # another batch
+
+Two guards are measured: the rules alone (``guard.check``) and the rules plus
+the semantic layer (``guard_semantic``: a classifier on the message's
+multilingual embedding, trained by ``train.py``), which is what the
+``prompt_guard`` step runs when the workspace retrieves (the default).
 
 ``cases.jsonl`` holds one case a line: ``{"id", "text", "label": "attack" |
 "benign", "category" (attacks: injection | jailbreak | exfiltration | content),
@@ -26,10 +32,27 @@ How the cases came about, so the numbers can be read for what they are:
    second freeze. First run: detection 17/30 (56.7%), false positives 0/34
    (hard 0/30). The rules were then improved on their misses.
 
-So every case here has now been tuned on, and today's numbers are optimistic.
-The first runs of steps 3 and 4 are the honest estimate for new messages: no
-false positives on fresh benign ones, but only about 57-70% of attacks caught
-when they are phrased in ways the rules have not seen.
+5. ``x`` ids (``atk-x01``, 130 cases, split ``test``) were written by a helper
+   that never saw the rules or the set. First run, rules frozen: detection
+   28/65 (43.1%), false positives 0/65. The semantic layer was then trained
+   (on steps 1-4 and its own prototypes; 5-fold cross-validation on its own:
+   84.7% detection, 0/211 false positives) and frozen, and run once on ``x``:
+   rules plus semantic layer 54/65 (83.1%), false positives 0/65 (hard 0/58).
+   The layer was then retrained with ``x``. (Caveat: three of the layer's
+   prototypes paraphrase examples given in the brief of the helper who wrote
+   ``x``, so 83.1% is a little optimistic.)
+6. ``y`` ids (``atk-y01``, 130 cases, split ``test``), written blind by another
+   helper, were run once on the frozen guard: rules alone 32/65 (49.2%), rules
+   plus semantic layer 56/65 (86.2%); false positives 0/65 and 2/65 (3.1%,
+   both "verification token" messages). The layer was then retrained with
+   ``y``, with more benign examples (short and angry messages, customers giving
+   their own details, the intent set's ``train`` split) and with personal data
+   masked before it reads a message.
+
+So every case here has now been tuned or trained on, and today's numbers are
+optimistic. The first runs are the honest estimate for new messages: the rules
+alone catch about 43-70% of attacks phrased in ways they have not seen, the
+rules with the semantic layer about 83-86%, with 0-3% false positives.
 
 Reported: detection rate (attacks blocked / attacks), false-positive rate
 (benign blocked / benign), the false-positive rate on hard benign messages,
@@ -40,6 +63,7 @@ cases; and the latency of one ``check()`` call (p50, p99) over all messages.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import sys
@@ -53,6 +77,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "server"))
 
 from fenlo_server.pipeline.analysis.guard import GuardPolicy, check  # noqa: E402
+from fenlo_server.pipeline.analysis.guard_semantic import SemanticGuard  # noqa: E402
 from fenlo_server.pipeline.analysis.types import GuardResult  # noqa: E402
 
 CASES = Path(__file__).resolve().parent / "cases.jsonl"
@@ -146,7 +171,29 @@ def validate(cases: Sequence[Case]) -> list[str]:
 
 
 def run_cases(cases: Iterable[Case]) -> list[Outcome]:
+    """The rules alone."""
     return [Outcome(c, check(c.text, GuardPolicy.from_params(c.policy))) for c in cases]
+
+
+async def run_with_semantic(cases: Iterable[Case], layer: SemanticGuard) -> list[Outcome]:
+    """The rules, then the semantic layer for what they allow (as the step does)."""
+    outcomes = []
+    for case in cases:
+        result = check(case.text, GuardPolicy.from_params(case.policy))
+        if not result.blocked:
+            verdict = await layer.judge(case.text)
+            if verdict.attack:
+                result = GuardResult(
+                    True, verdict.category, verdict.probability, ("semantic layer",)
+                )
+        outcomes.append(Outcome(case, result))
+    return outcomes
+
+
+def semantic_layer() -> SemanticGuard:
+    from fenlo_server.knowledge.embedders import UseMultilingualEmbedder
+
+    return SemanticGuard(UseMultilingualEmbedder())
 
 
 def rates(outcomes: Sequence[Outcome]) -> dict[str, Any]:
@@ -268,7 +315,7 @@ HEADER = (
 )
 
 
-def print_report(result: dict[str, Any], timing: dict[str, float]) -> None:
+def print_report(result: dict[str, Any], timing: dict[str, float] | None) -> None:
     print(HEADER.format("split"))
     for name in ("all", *SPLITS):
         print(_row(name, result[name]["overall"]))
@@ -290,6 +337,8 @@ def print_report(result: dict[str, Any], timing: dict[str, float]) -> None:
             f"- {m['id']} ({m['split']}, {m['language']}) {kind}: score {m['score']:.2f} "
             f"{m['reasons']}\n    {m['text'][:160]!r}"
         )
+    if timing is None:
+        return
     print(
         f"\n## latency of check()\n\n{timing['messages']} messages of "
         f"{timing['mean_chars']:.0f} characters on average (longest {timing['max_chars']:.0f}), "
@@ -307,18 +356,31 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--write", action="store_true", help=f"also write {RESULTS}")
+    parser.add_argument("--cases", type=Path, default=CASES, help="a JSONL file of cases")
+    parser.add_argument(
+        "--no-validate", action="store_true", help="skip the size and balance checks"
+    )
     args = parser.parse_args()
-    cases = load_cases()
-    problems = validate(cases)
+    cases = load_cases(args.cases)
+    problems = [] if args.no_validate else validate(cases)
     if problems:
         print("the labelled set is not valid:\n" + "\n".join(problems), file=sys.stderr)
         return 2
+    print("# the rules alone\n")
     result = report(run_cases(cases))
     timing = latency(cases)
     print_report(result, timing)
+    print("\n# the rules and the semantic layer\n")
+    combined = report(asyncio.run(run_with_semantic(cases, semantic_layer())))
+    print_report(combined, None)
     if args.write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"cases": len(cases), "latency": timing, **result}
+        payload = {
+            "cases": len(cases),
+            "latency": timing,
+            **result,
+            "with_semantic_layer": combined,
+        }
         RESULTS.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
         print(f"\nwrote {RESULTS.relative_to(ROOT)}")
     return 0

@@ -45,6 +45,7 @@ from fenlo_server.knowledge.types import Embedder
 from fenlo_server.llm.factory import build_router
 from fenlo_server.locks import LocalConversationLocks
 from fenlo_server.pagination import PageTokens
+from fenlo_server.pipeline.analysis import guard_semantic
 from fenlo_server.pipeline.registry import StepRegistry
 from fenlo_server.pipeline.services import TurnServices
 from fenlo_server.pipeline.steps import register_builtin
@@ -311,6 +312,11 @@ class FenloApp:
         loop = asyncio.get_running_loop()
         self._warming = [
             loop.create_task(warm()) for e in self.embedders if (warm := getattr(e, "warm", None))
+        ]
+        self._warming += [
+            loop.create_task(guard_semantic.shared(e).warm())
+            for e in self.embedders
+            if e.model == guard_semantic.MODEL
         ]
         for service in ("", *SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)

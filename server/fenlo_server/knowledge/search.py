@@ -10,6 +10,7 @@ against one workspace's own index, so results never cross workspaces.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,9 +70,16 @@ class KnowledgeSearch:
         self._external_model = external_model
         self.options = options or SearchOptions()
 
-    async def embed(self, query: str) -> dict[str, Vector]:
-        vectors = await asyncio.gather(*(e.embed_query(query) for e in self.embedders))
-        return {e.model: v for e, v in zip(self.embedders, vectors, strict=True)}
+    async def embed(
+        self, query: str, known: Mapping[str, Vector] | None = None
+    ) -> dict[str, Vector]:
+        """The query's vector from every embedder; those in ``known`` are not recomputed."""
+        known = known or {}
+        missing = [e for e in self.embedders if e.model not in known]
+        vectors = await asyncio.gather(*(e.embed_query(query) for e in missing))
+        found = dict(known)
+        found.update((e.model, v) for e, v in zip(missing, vectors, strict=True))
+        return {e.model: found[e.model] for e in self.embedders}
 
     async def search(
         self,
@@ -81,14 +89,19 @@ class KnowledgeSearch:
         tag: str | None = None,
         *,
         options: SearchOptions | None = None,
+        vectors: Mapping[str, Vector] | None = None,
     ) -> SearchResults:
+        """The best ``k`` sections for ``query``. ``vectors``: the query's vectors
+        the caller already has (by model), so they are not computed again."""
         options = options or self.options
         index = await self.indexes.get(workspace_id)
         if index is None or index.empty:
             return SearchResults()
-        vectors = await self.embed(query) if options.use_vectors or index.curated else {}
+        query_vectors = (
+            await self.embed(query, vectors) if options.use_vectors or index.curated else {}
+        )
         results = SearchResults(
-            curated=self._curated(index, query, vectors, options), vectors=vectors
+            curated=self._curated(index, query, query_vectors, options), vectors=query_vectors
         )
         if not index.chunks:
             return results
@@ -97,7 +110,7 @@ class KnowledgeSearch:
         if options.use_bm25:
             rankings["bm25"] = index.bm25.search(query, options.candidates, allowed)
         if options.use_vectors:
-            for model, vector in vectors.items():
+            for model, vector in query_vectors.items():
                 rankings[model] = await self._vector_ranking(
                     workspace_id,
                     index,

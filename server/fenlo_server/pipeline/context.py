@@ -73,7 +73,8 @@ class MessageContext:
     pii: list[PiiSpan] = field(default_factory=list)
     llm_text: str = ""  # the user's text as external LLMs see it (PII masked)
     stored_text: str = ""  # the user's text as stored (masked only if the workspace asks)
-    query_vectors: dict[str, Vector] = field(default_factory=dict)
+    query_vectors: dict[str, Vector] = field(default_factory=dict)  # by model
+    vectors_text: str = ""  # the text query_vectors embed
     hits: list[SearchHit] = field(default_factory=list)
     passages: list[Passage] = field(default_factory=list)
 

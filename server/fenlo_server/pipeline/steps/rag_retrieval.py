@@ -34,8 +34,11 @@ class RagRetrieval:
         index = await search.indexes.get(ctx.workspace_id)
         if index is None or index.empty:
             raise Skip("the knowledge base is empty")
-        results = await search.search(ctx.workspace_id, ctx.llm_text, self.passages)
+        # The guard's vector of the message, when it embedded the same text.
+        known = ctx.query_vectors if ctx.vectors_text == ctx.llm_text else None
+        results = await search.search(ctx.workspace_id, ctx.llm_text, self.passages, vectors=known)
         ctx.query_vectors = dict(results.vectors)
+        ctx.vectors_text = ctx.llm_text
         if self.curated and results.curated is not None:
             ctx.reply = results.curated.entry.answer
             ctx.reply_source = "curated"
