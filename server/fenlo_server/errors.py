@@ -139,3 +139,16 @@ def not_found(kind: str, name: str) -> NotFound:
         f"{kind} {name} does not exist",
         metadata={"resource": name},
     )
+
+
+def quota_exceeded(
+    workspace_id: str, quota: str, what: str, retry_after: float
+) -> ResourceExhausted:
+    """RESOURCE_EXHAUSTED for a workspace quota (``quota`` is its field name in
+    WorkspaceQuotas, ``what`` says what was used up), with RetryInfo and QuotaFailure."""
+    return ResourceExhausted(
+        Reason.ERROR_REASON_QUOTA_EXCEEDED,
+        f"the workspace used {what}; retry in {retry_after:.1f}s",
+        retry_after=retry_after,
+        quota_violations=[QuotaViolation(f"workspaces/{workspace_id}", quota)],
+    )

@@ -38,13 +38,13 @@ from fenlo_server.errors import (
     FenloError,
     Internal,
     InvalidArgument,
-    QuotaViolation,
     Reason,
     ResourceExhausted,
     Unavailable,
     Violations,
     invalid,
     not_found,
+    quota_exceeded,
 )
 from fenlo_server.events import types as events
 from fenlo_server.ids import new_id
@@ -588,14 +588,11 @@ class ChatSession:
             f"turns:{self._workspace_id}", info.quotas.turns_per_minute
         )
         if not decision.allowed:
-            raise ResourceExhausted(
-                Reason.ERROR_REASON_QUOTA_EXCEEDED,
-                f"the workspace used its {info.quotas.turns_per_minute} turns per minute; "
-                f"retry in {decision.retry_after:.1f}s",
-                retry_after=decision.retry_after,
-                quota_violations=[
-                    QuotaViolation(f"workspaces/{self._workspace_id}", "turns_per_minute")
-                ],
+            raise quota_exceeded(
+                self._workspace_id,
+                "turns_per_minute",
+                f"its {info.quotas.turns_per_minute} turns per minute",
+                decision.retry_after,
             )
         ctx = MessageContext(
             workspace_id=self._workspace_id,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from fenlo_server.errors import QuotaViolation, Reason, ResourceExhausted
+from fenlo_server.errors import quota_exceeded
 from fenlo_server.llm.prompt import cited_markers, grounded_messages
 from fenlo_server.llm.router import ProviderChoice, RouteResult
 from fenlo_server.llm.types import LlmRequest
@@ -52,14 +52,11 @@ class LlmStream:
         if budget:
             decision = await services.limiter.take(key, budget / MINUTES_A_DAY, 1, capacity=budget)
             if not decision.allowed:
-                raise ResourceExhausted(
-                    Reason.ERROR_REASON_QUOTA_EXCEEDED,
-                    f"the workspace used its {budget} LLM tokens for the day; "
-                    f"retry in {decision.retry_after:.0f}s",
-                    retry_after=decision.retry_after,
-                    quota_violations=[
-                        QuotaViolation(f"workspaces/{ctx.workspace_id}", "tokens_per_day")
-                    ],
+                raise quota_exceeded(
+                    ctx.workspace_id,
+                    "tokens_per_day",
+                    f"its {budget} LLM tokens for the day",
+                    decision.retry_after,
                 )
         llm = ctx.settings.get("llm") or {}
         request = LlmRequest(
