@@ -437,6 +437,40 @@ async def test_deadline_idle_and_age_limits(sqlite_template: Path, tmp_path: Pat
             await app.stop(grace=0)
 
 
+async def test_the_idle_clock_starts_when_a_long_turn_ends(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import _sqlite_url
+
+    # The turn (about 1.5 s of tokens) outlasts the idle timeout (0.4 s); the
+    # stream is idle only from its end, and then closes well before its maximum age.
+    async with FakeLlmServer(Reply(tokens=["x "] * 30, token_delay=0.05)) as llm:
+        app: FenloApp = await start_app(
+            make_settings(
+                tmp_path,
+                _sqlite_url(sqlite_template, tmp_path / "db"),
+                openai_api_key="test",
+                openai_base_url=llm.openai_url,
+                llm_order="openai",
+                chat_idle_timeout_seconds=0.4,
+                chat_max_stream_age_seconds=60,
+            )
+        )
+        try:
+            async with Api(app) as api:
+                workspace, token = await api.create_workspace("Idle")
+                chat = ChatStream(api, token)
+                await chat.start(parent=f"workspaces/{workspace}")
+                await chat.say("long")
+                turn = await chat.turn()
+                assert turn.text.startswith("x")
+                ended = time.monotonic()
+                assert await chat.rest() == []
+                assert 0.2 <= time.monotonic() - ended < 5
+        finally:
+            await app.stop(grace=0)
+
+
 async def test_a_stream_past_its_maximum_age_drains(sqlite_template: Path, tmp_path: Path) -> None:
     from tests.conftest import _sqlite_url
 

@@ -101,6 +101,7 @@ class _State:
 
 
 _EOF = object()
+_TURN_DONE = object()  # the worker finished a turn: the idle clock starts again
 _CLOSE = object()
 
 
@@ -434,11 +435,12 @@ class ChatSession:
         """Handle the caller's requests and notices from the server.
 
         The stream closes after ``chat_idle_timeout_seconds`` without a request
-        while no turn is pending, and gets ``draining`` (then closes once its turns
+        and without a turn running (counted from the later of the last request and
+        the end of the last turn), and gets ``draining`` (then closes once its turns
         are done) when it is ``chat_max_stream_age_seconds`` old.
         """
         settings = self._settings
-        last_request = time.monotonic()
+        last_activity = time.monotonic()  # the last request or the end of the last turn
         try:
             while True:
                 now = time.monotonic()
@@ -449,14 +451,18 @@ class ChatSession:
                     )
                     await self._finish()
                     return
-                idle_left = settings.chat_idle_timeout_seconds - (now - last_request)
+                idle_left = settings.chat_idle_timeout_seconds - (now - last_activity)
                 if self._pending == 0 and idle_left <= 0:
                     await self._finish()
                     return
-                wait = min(age_left, idle_left if idle_left > 0 else age_left)
+                # While a turn runs the stream is not idle; the worker says when it ends.
+                wait = age_left if self._pending else min(age_left, idle_left)
                 try:
                     item = await asyncio.wait_for(self._inbox.get(), max(wait, 0.01))
                 except TimeoutError:
+                    continue
+                if item is _TURN_DONE:
+                    last_activity = time.monotonic()
                     continue
                 if item is _EOF:
                     await self._finish()
@@ -473,7 +479,7 @@ class ChatSession:
                     self._memory.state = item.state
                 else:
                     assert isinstance(item, chat_pb2.ChatRequest)
-                    last_request = time.monotonic()
+                    last_activity = time.monotonic()
                     if await self._handle(item):
                         return
         except FenloError as error:
@@ -560,6 +566,7 @@ class ChatSession:
             finally:
                 self._pending -= 1
                 self._turns.task_done()
+                self._inbox.put_nowait(_TURN_DONE)
 
     # -- one turn ----------------------------------------------------------------------
 
