@@ -4,7 +4,6 @@ real multilingual Universal Sentence Encoder; accuracy on bench/intent_eval."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,14 +177,6 @@ async def test_accuracy_with_the_embedder_on_the_labelled_set(
     assert sum(hits.values()) / len(messages) >= 0.85
     # the held-out messages, never tuned on (0.88 when written): keep them honest too
     assert hits["test"] / sum(m["split"] == "test" for m in messages) >= 0.8
-
-
-def test_rules_are_fast() -> None:
-    texts = [m["text"] for m in load_messages()]
-    started = time.perf_counter()
-    for text in texts:
-        classify_rules(text)
-    assert (time.perf_counter() - started) / len(texts) < 0.0003
 
 
 def test_prefilter_never_skips_a_rule_that_matches() -> None:

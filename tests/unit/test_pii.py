@@ -4,7 +4,6 @@ order numbers and numbers that fail their check are not."""
 
 from __future__ import annotations
 
-import time
 from itertools import pairwise
 
 import pytest
@@ -351,24 +350,3 @@ def test_contact_details_of_nothing() -> None:
     assert contact_details([]) == {}
     assert contact_details(find_pii("IBAN DE89 3704 0044 0532 0130 00")) == {}
     assert contact_details(find_pii("only 0612345678")) == {"phone": "0612345678"}
-
-
-# --- speed -----------------------------------------------------------------------------
-
-
-def test_a_300_character_message_takes_under_a_fifth_of_a_millisecond() -> None:
-    text = (
-        "Hi, I'm John. You can reach me at john.doe@example.com or +44 20 7946 0958. "
-        "My card is 4242 4242 4242 4242 and my IBAN is DE89 3704 0044 0532 0130 00. "
-        "I'd like a table for 4 people on 2027-03-03 at 19:30, budget $1,500, order #12345."
-        " Thanks a lot, and see you soon! Best regards from the whole team."
-    )
-    assert 290 <= len(text) <= 310
-    runs = 200
-    best = float("inf")
-    for _ in range(5):
-        started = time.perf_counter()
-        for _ in range(runs):
-            find_pii(text)
-        best = min(best, (time.perf_counter() - started) / runs)
-    assert best < 0.0002

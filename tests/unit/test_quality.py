@@ -3,8 +3,6 @@ or badly sized answers score lower, and the parts and reasons say why."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from fenlo_server.llm.offline import NO_ANSWER, NO_PASSAGES, compose_answer
@@ -278,17 +276,10 @@ def test_offline_provider_answers_score_high_and_its_refusals_low() -> None:
 # --- determinism and speed -----------------------------------------------------------
 
 
-def test_deterministic_and_fast() -> None:
+def test_deterministic() -> None:
     args = ("What are your opening hours?", GOOD)
     first = score_quality(*args, passages=PASSAGES, cited=[1])
     assert all(score_quality(*args, passages=PASSAGES, cited=[1]) == first for _ in range(5))
-    long_passages = tuple(f"{HOURS} {SHIPPING} Variant {i}." for i in range(5))
-    runs = 200
-    started = time.perf_counter()
-    for _ in range(runs):
-        score_quality(*args, passages=long_passages, cited=[1])
-    per_call = (time.perf_counter() - started) / runs
-    assert per_call < 0.0003 * 3  # 0.3 ms, with room for a slow CI machine
 
 
 def test_scores_stay_within_bounds() -> None:
