@@ -275,10 +275,13 @@ class Settings(BaseSettings):
         86_400.0,
         ge=0,
         description="After Redis lost its data, the workspace streams are rebuilt from the "
-        "outbox events of this many seconds back...",
+        "outbox events of this many seconds back (at most FENLO_EVENTS_REBUILD_MAX_EVENTS).",
     )
     events_rebuild_max_events: int = Field(
-        50_000, ge=0, description="...but at most this many (the newest)."
+        50_000,
+        ge=0,
+        description="The most outbox events (the newest) a rebuild of the Redis streams "
+        "re-adds; 0 turns the rebuild off.",
     )
     events_local_window_seconds: float = Field(
         60.0,

@@ -131,7 +131,9 @@ async def replicas(
     apis: list[Api] = []
     try:
         for i in range(count):
-            apps.append(await start_app(make_settings(tmp_path / f"replica{i}", database_url, **shared)))
+            apps.append(
+                await start_app(make_settings(tmp_path / f"replica{i}", database_url, **shared))
+            )
             apis.append(Api(apps[-1]))
         yield list(zip(apps, apis, strict=True))
     finally:
@@ -249,7 +251,7 @@ async def test_a_slow_reader_catches_up_from_the_outbox(
     url = _sqlite_url(sqlite_template, tmp_path / "db")
     # A buffer of one live event: an agent's message commits two events at once,
     # so the second overflows it and the call must read from the outbox instead.
-    async with replicas(tmp_path, url, count=1, events_stream_buffer=1) as [(app, api)]:
+    async with replicas(tmp_path, url, count=1, events_stream_buffer=1) as [(_app, api)]:
         workspace, admin = await api.create_workspace("Slow")
         conversation = await api.create_conversation(workspace, admin)
         reader = EventReader(api, admin, workspace)
@@ -258,7 +260,10 @@ async def test_a_slow_reader_catches_up_from_the_outbox(
             await post(api, admin, conversation.name, f"Message {i}")
         events = await reader.until(lambda e: e.seq == 6)
         assert [e.seq for e in events] == list(range(1, 7))
-        assert [e.type for e in events][:2] == ["agent_message.posted", "conversation.state_changed"]
+        assert [e.type for e in events][:2] == [
+            "agent_message.posted",
+            "conversation.state_changed",
+        ]
         assert metrics.EVENT_STREAM_CATCH_UPS.labels("overflow")._value.get() > before
         reader.close()
 
@@ -365,7 +370,7 @@ async def test_a_restarted_relay_does_not_deliver_an_event_twice(
     try:
         async with replicas(
             tmp_path, database_url, redis_url=redis_url, events_redis_prefix=keys
-        ) as [(one, api1), (two, api2)]:
+        ) as [(one, api1), (two, _api2)]:
             seen: list[str] = []
 
             async def record(event: PublishedEvent) -> None:

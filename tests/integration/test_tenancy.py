@@ -456,14 +456,16 @@ CROSS: dict[str, tuple[Probe, ...]] = {
         Probe("stream", lambda api, md, t: first_event(api, md, t.workspace)),
         Probe(
             "stream-filtered-resumed",
-            lambda api, md, t: event_pb2_grpc.EventServiceStub(api.channel)
-            .StreamEvents(
-                event_pb2.StreamEventsRequest(
-                    parent=t.workspace, types=["message.created"], start_after_seq=1
-                ),
-                metadata=md,
-            )
-            .read(),
+            lambda api, md, t: (
+                event_pb2_grpc.EventServiceStub(api.channel)
+                .StreamEvents(
+                    event_pb2.StreamEventsRequest(
+                        parent=t.workspace, types=["message.created"], start_after_seq=1
+                    ),
+                    metadata=md,
+                )
+                .read()
+            ),
         ),
     ),
 }

@@ -190,16 +190,12 @@ class ChatHub:
                 )
             except FenloError:
                 return
-            if workspace_id != event.workspace_id or not self._held(
-                workspace_id, conversation_id
-            ):
+            if workspace_id != event.workspace_id or not self._held(workspace_id, conversation_id):
                 return
             if self._db is None:
                 return
             async with self._db.workspace(workspace_id) as session:
-                row = await ConversationRepository(session).get_message(
-                    conversation_id, message_id
-                )
+                row = await ConversationRepository(session).get_message(conversation_id, message_id)
             if row is not None:
                 self.push_agent_message(conversation_id, message_to_proto(row))
         elif event.type == events.CONVERSATION_STATE_CHANGED:
@@ -210,8 +206,10 @@ class ChatHub:
             except FenloError:
                 return
             state = str(event.payload.get("state", ""))
-            if workspace_id == event.workspace_id and state and self._held(
-                workspace_id, conversation_id
+            if (
+                workspace_id == event.workspace_id
+                and state
+                and self._held(workspace_id, conversation_id)
             ):
                 self.conversation_state(conversation_id, state)
 

@@ -41,9 +41,7 @@ _END = object()
 _ids = itertools.count(1)
 
 
-def event_to_proto(
-    workspace_id: str, event: PublishedEvent | OutboxEventRow
-) -> event_pb2.Event:
+def event_to_proto(workspace_id: str, event: PublishedEvent | OutboxEventRow) -> event_pb2.Event:
     payload = struct_pb2.Struct()
     payload.update(dict(event.payload or {}))
     return event_pb2.Event(
@@ -73,6 +71,9 @@ class _Stream:
             # A slow reader: forget the live events, catch up from the outbox.
             self.overflowed = True
             self._clear()
+
+    def has_ended(self) -> bool:
+        return self.ended
 
     def end(self) -> None:
         self.ended = True
@@ -151,7 +152,7 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
                         next_seq = int(row.seq) + 1
                         if wanted is None or row.type in wanted:
                             yield event_to_proto(workspace_id, row)
-                        if stream.ended:
+                        if stream.has_ended():  # drained while replaying
                             return
                     catch_up = False
                 item = await stream.queue.get()

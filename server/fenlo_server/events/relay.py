@@ -287,13 +287,13 @@ class OutboxRelay:
                 fields = stream_fields(row, self.replica_id)
                 pipe.xadd(
                     self.keys.workspace(row.workspace_id),
-                    fields,  # type: ignore[arg-type]
+                    fields,
                     maxlen=settings.events_stream_maxlen,
                     approximate=True,
                 )
                 pipe.xadd(
                     self.keys.shared,
-                    fields,  # type: ignore[arg-type]
+                    fields,
                     maxlen=settings.events_global_stream_maxlen,
                     approximate=True,
                 )
@@ -356,7 +356,7 @@ class OutboxRelay:
             for row in rows[start : start + 500]:
                 pipe.xadd(
                     self.keys.workspace(row.workspace_id),
-                    stream_fields(row, self.replica_id),  # type: ignore[arg-type]
+                    stream_fields(row, self.replica_id),
                     maxlen=settings.events_stream_maxlen,
                     approximate=True,
                 )

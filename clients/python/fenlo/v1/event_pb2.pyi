@@ -36,9 +36,9 @@ class Event(_message.Message):
     unique and never reused: deduplicate deliveries by it.
     """
     seq: _builtins.int
-    """The event's position in its workspace, starting at 1 with no gaps: each
-    event's `seq` is one more than the previous one's. Pass the last one you
-    processed as `start_after_seq` to resume.
+    """The event's position in its workspace: 1 for the first event, one more
+    for each next one, in commit order (events removed with erased data leave
+    gaps). Pass the last one you processed as `start_after_seq` to resume.
     """
     type: _builtins.str
     """The event type, e.g. `message.created`, `agent_message.posted`,
@@ -51,8 +51,9 @@ class Event(_message.Message):
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct:
         """The type's small payload: resource names (`conversation`, `message`,
-        `document`) and small values (a state, a score, a reason); never message
-        text or secrets. Numbers arrive as JSON numbers (doubles).
+        `document`) and small values (a state, a score, a reason, a handoff
+        summary); no message texts (read a message by its name) and no secrets.
+        Numbers arrive as JSON numbers (doubles).
         """
 
     def __init__(
