@@ -299,7 +299,7 @@ async def test_an_agent_message_on_one_replica_reaches_a_chat_stream_on_another_
     tmp_path: Path, database_url: str, redis_url: str
 ) -> None:
     keys = prefix()
-    client = aioredis.Redis.from_url(redis_url)
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
         async with replicas(
             tmp_path, database_url, redis_url=redis_url, events_redis_prefix=keys
@@ -366,7 +366,7 @@ async def test_a_restarted_relay_does_not_deliver_an_event_twice(
     tmp_path: Path, database_url: str, redis_url: str
 ) -> None:
     keys = prefix()
-    client = aioredis.Redis.from_url(redis_url)
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
         async with replicas(
             tmp_path, database_url, redis_url=redis_url, events_redis_prefix=keys

@@ -91,6 +91,12 @@ def _order(rows: Iterable[OutboxEventRow]) -> list[OutboxEventRow]:
     return sorted(rows, key=lambda r: (r.workspace_id, r.seq))
 
 
+def _entry_id(value: str) -> tuple[int, int]:
+    """A stream entry id (``ms-seq``) as a comparable pair."""
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class StreamKeys:
     """The Redis keys of the event streams."""
 
@@ -382,6 +388,7 @@ class OutboxRelay:
         self._consumer_redis = client = self._consumer_client()
         block = self._settings.events_redis_block_ms
         last: str | None = None
+        reseek = False
         backoff = _BACKOFF_START
         while True:
             try:
@@ -391,6 +398,13 @@ class OutboxRelay:
                     newest = await client.xrevrange(self.keys.shared, count=1)
                     last = newest[0][0] if newest else "0-0"
                     self.consumed_id = last
+                elif reseek:
+                    # After an error: if Redis restarted empty, its new stream may end
+                    # below where we were; then everything in it is new to us.
+                    newest = await client.xrevrange(self.keys.shared, count=1)
+                    if not newest or _entry_id(newest[0][0]) < _entry_id(last):
+                        last = "0-0"
+                reseek = False
                 answer = await client.xread({self.keys.shared: last}, block=block, count=500)
                 backoff = _BACKOFF_START
                 for _stream, entries in answer or ():
@@ -402,6 +416,7 @@ class OutboxRelay:
                 raise
             except _redis_errors() as exc:
                 log.debug("event stream read failed", extra={"error": repr(exc)[:300]})
+                reseek = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
 
