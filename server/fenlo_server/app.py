@@ -18,6 +18,8 @@ from fenlo.v1 import (
     chat_pb2_grpc,
     conversation_pb2,
     conversation_pb2_grpc,
+    event_pb2,
+    event_pb2_grpc,
     knowledge_pb2,
     knowledge_pb2_grpc,
     workspace_pb2,
@@ -27,12 +29,15 @@ from fenlo_server import metrics, secrets_store
 from fenlo_server.api.chat import ChatHub, ChatServicer
 from fenlo_server.api.common import Deps
 from fenlo_server.api.conversations import ConversationServicer
+from fenlo_server.api.events import EventServicer, EventStreams
 from fenlo_server.api.knowledge import KnowledgeServicer
 from fenlo_server.api.workspaces import WorkspaceServicer
 from fenlo_server.auth.authenticator import Authenticator
 from fenlo_server.auth.tokens import TokenService, load_jwks, load_private_key
 from fenlo_server.config import Settings
 from fenlo_server.directory import WorkspaceDirectory
+from fenlo_server.events.bus import EventBus
+from fenlo_server.events.relay import OutboxRelay
 from fenlo_server.interceptors.auth import AuthInterceptor
 from fenlo_server.interceptors.errors import ErrorInterceptor
 from fenlo_server.interceptors.observability import ObservabilityInterceptor
@@ -61,6 +66,7 @@ SERVICES = (
     conversation_pb2.DESCRIPTOR.services_by_name["ConversationService"].full_name,
     chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
     knowledge_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name,
+    event_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
 )
 
 
@@ -244,7 +250,14 @@ class FenloApp:
             limiter=self.limiter,
             directory=self.directory,
         )
-        self.chat_hub = ChatHub()
+        # Events: committed outbox rows go to this server's bus at once and, through
+        # the relay, to Redis for the other replicas (events/relay.py).
+        self.bus = EventBus()
+        self.relay = OutboxRelay(db, self.bus, settings, redis=self.redis)
+        db.on_events_committed = self.relay.committed
+        self.chat_hub = ChatHub(db)
+        self.bus.subscribe("chat-hub", self.chat_hub.on_event, types=ChatHub.EVENT_TYPES)
+        self.event_streams = EventStreams()
         self.health = HealthServicer()
         self.server = aio.server(
             interceptors=[
@@ -268,13 +281,16 @@ class FenloApp:
             WorkspaceServicer(self.deps), self.server
         )
         conversation_pb2_grpc.add_ConversationServiceServicer_to_server(
-            ConversationServicer(self.deps, self.chat_hub), self.server
+            ConversationServicer(self.deps), self.server
         )
         chat_pb2_grpc.add_ChatServiceServicer_to_server(
             ChatServicer(self.deps, self.chat_hub, self.steps, self.turn_services), self.server
         )
         knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server(
             KnowledgeServicer(self.deps), self.server
+        )
+        event_pb2_grpc.add_EventServiceServicer_to_server(
+            EventServicer(self.deps, self.bus, self.event_streams), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -309,6 +325,7 @@ class FenloApp:
     async def start(self) -> None:
         await self.server.start()
         self.local_jobs.start()
+        self.relay.start()
         loop = asyncio.get_running_loop()
         self._warming = [
             loop.create_task(warm()) for e in self.embedders if (warm := getattr(e, "warm", None))
@@ -353,7 +370,15 @@ class FenloApp:
         started = time.monotonic()
         await self.health.enter_graceful_shutdown()
         told = self.chat_hub.drain(grace)
-        log.info("shutting down", extra={"grace_seconds": grace, "open_chat_streams": told})
+        event_streams = self.event_streams.drain()
+        log.info(
+            "shutting down",
+            extra={
+                "grace_seconds": grace,
+                "open_chat_streams": told,
+                "open_event_streams": event_streams,
+            },
+        )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.chat_hub.wait_closed(), grace)
         await self.health.end_watches()
@@ -362,6 +387,12 @@ class FenloApp:
         # flight get what is left of it.
         await self.server.stop(min(remaining, 1.0) if self.chat_hub.open_sessions else remaining)
         await self.local_jobs.stop()
+        await self.relay.stop()
+        # Hand what the last requests committed to Redis now rather than leave it
+        # to another replica's poll (bounded; whatever is left waits in the outbox).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.relay.drain(), 1.0)
+        self.db.on_events_committed = None
         if isinstance(self.jobs, ArqQueue):
             await self.jobs.close()
         for task in self._warming:

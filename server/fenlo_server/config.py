@@ -245,6 +245,59 @@ class Settings(BaseSettings):
     pinecone_index_host: str | None = Field(
         None, description="The Pinecone index host, e.g. https://my-index-abc.svc.pinecone.io."
     )
+    events_redis_prefix: str = Field(
+        "fenlo",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Prefix of the event streams' Redis keys: `{prefix}:events` (every "
+        "replica's fan-out), `{prefix}:ws:{workspace}:events` and `{prefix}:events:epoch`.",
+    )
+    events_relay_poll_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="How often the outbox relay looks for unpublished events besides being "
+        "woken on commit (events of other replicas and of crashed writers).",
+    )
+    events_relay_batch: int = Field(
+        200, ge=1, le=5000, description="Outbox events the relay publishes per transaction."
+    )
+    events_stream_maxlen: int = Field(
+        10_000,
+        ge=100,
+        description="Approximate length each workspace's Redis event stream is trimmed to.",
+    )
+    events_global_stream_maxlen: int = Field(
+        100_000,
+        ge=100,
+        description="Approximate length the replicas' shared Redis event stream is trimmed to.",
+    )
+    events_rebuild_seconds: float = Field(
+        86_400.0,
+        ge=0,
+        description="After Redis lost its data, the workspace streams are rebuilt from the "
+        "outbox events of this many seconds back (at most FENLO_EVENTS_REBUILD_MAX_EVENTS).",
+    )
+    events_rebuild_max_events: int = Field(
+        50_000,
+        ge=0,
+        description="The most outbox events (the newest) a rebuild of the Redis streams "
+        "re-adds; 0 turns the rebuild off.",
+    )
+    events_local_window_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="While Redis is unreachable, unpublished events this recent still go to "
+        "the local bus at once (older ones wait for Redis, never lost).",
+    )
+    events_redis_block_ms: int = Field(
+        1000, ge=10, le=30_000, description="XREAD BLOCK time of the stream consumer."
+    )
+    events_stream_buffer: int = Field(
+        1000,
+        ge=1,
+        description="Live events one StreamEvents call holds for a slow reader; beyond it "
+        "the stream catches up from the outbox table instead.",
+    )
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -88,3 +88,24 @@ REDIS_AVAILABLE.set(1)
 INGESTED_CHUNKS = Counter(
     "fenlo_ingested_chunks_total", "Passages written by document ingestion.", registry=REGISTRY
 )
+EVENTS_PUBLISHED = Counter(
+    "fenlo_events_published_total",
+    "Outbox events handed on: to this server's bus from its own outbox (local) or from "
+    "other replicas through Redis (remote), and written to Redis (redis).",
+    ["target"],
+    registry=REGISTRY,
+)
+EVENTS_REDIS_FAILURES = Counter(
+    "fenlo_events_redis_failures_total",
+    "Times the outbox relay could not reach Redis (events then wait in the outbox).",
+    registry=REGISTRY,
+)
+EVENT_STREAMS = Gauge(
+    "fenlo_open_event_streams", "StreamEvents calls open on this server.", registry=REGISTRY
+)
+EVENT_STREAM_CATCH_UPS = Counter(
+    "fenlo_event_stream_catch_ups_total",
+    "Times a StreamEvents call read missed or overflowed live events from the outbox.",
+    ["cause"],
+    registry=REGISTRY,
+)

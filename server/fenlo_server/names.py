@@ -68,3 +68,11 @@ def conversation(ws: str, conv: str) -> str:
 
 def message(ws: str, conv: str, msg: str) -> str:
     return f"workspaces/{ws}/conversations/{conv}/messages/{msg}"
+
+
+def document(ws: str, doc: str) -> str:
+    return f"workspaces/{ws}/documents/{doc}"
+
+
+def event(ws: str, event_id: str) -> str:
+    return f"workspaces/{ws}/events/{event_id}"

@@ -114,7 +114,9 @@ async def test_a_turn_runs_every_step_in_order_with_annotations(api: Api) -> Non
                 await db.execute(select(OutboxEventRow).order_by(OutboxEventRow.seq))
             ).scalars()
         ]
-    assert types[0] == "conversation.started"
+    # The knowledge base's document was ready before the chat began.
+    assert types[0] == "document.ready"
+    assert types[1] == "conversation.started"
     assert types.count("turn.completed") == 2 and types.count("message.created") == 4
     seqs = list(range(1, len(types) + 1))
     async with api.app.db.workspace(workspace) as db:

@@ -28,7 +28,15 @@ from google.protobuf import field_mask_pb2
 from grpc import aio
 
 import fenlo.v1
-from fenlo.v1 import chat_pb2, conversation_pb2, knowledge_pb2, knowledge_pb2_grpc, workspace_pb2
+from fenlo.v1 import (
+    chat_pb2,
+    conversation_pb2,
+    event_pb2,
+    event_pb2_grpc,
+    knowledge_pb2,
+    knowledge_pb2_grpc,
+    workspace_pb2,
+)
 from fenlo_server.auth.permissions import RPC_ROLES
 from tests.helpers import Api, RichError, rich_error
 
@@ -36,7 +44,23 @@ W = "/fenlo.v1.WorkspaceService/"
 C = "/fenlo.v1.ConversationService/"
 CHAT = "/fenlo.v1.ChatService/"
 KB = "/fenlo.v1.KnowledgeService/"
+EV = "/fenlo.v1.EventService/"
 K = knowledge_pb2
+
+
+async def first_event(api: Api, md: Metadata, parent: str) -> event_pb2.Event:
+    """Open StreamEvents on ``parent`` from the start, return the first event, close it.
+
+    A refusal surfaces as the AioRpcError of the first read."""
+    call = event_pb2_grpc.EventServiceStub(api.channel).StreamEvents(
+        event_pb2.StreamEventsRequest(parent=parent), metadata=md
+    )
+    try:
+        event = await call.read()
+        assert isinstance(event, event_pb2.Event), "StreamEvents ended without an event"
+        return event
+    finally:
+        call.cancel()
 
 
 def kb(api: Api) -> knowledge_pb2_grpc.KnowledgeServiceStub:
@@ -428,6 +452,22 @@ CROSS: dict[str, tuple[Probe, ...]] = {
             ),
         ),
     ),
+    EV + "StreamEvents": (
+        Probe("stream", lambda api, md, t: first_event(api, md, t.workspace)),
+        Probe(
+            "stream-filtered-resumed",
+            lambda api, md, t: (
+                event_pb2_grpc.EventServiceStub(api.channel)
+                .StreamEvents(
+                    event_pb2.StreamEventsRequest(
+                        parent=t.workspace, types=["message.created"], start_after_seq=1
+                    ),
+                    metadata=md,
+                )
+                .read()
+            ),
+        ),
+    ),
 }
 
 
@@ -678,6 +718,7 @@ CONTRACT_ROLES: dict[str, frozenset[str]] = {
     KB + "ListCuratedAnswers": ANY,
     KB + "UpdateCuratedAnswer": ADMIN,
     KB + "DeleteCuratedAnswer": ADMIN,
+    EV + "StreamEvents": frozenset({"admin", "service"}),
 }
 
 
@@ -827,6 +868,8 @@ OWN: dict[str, OwnCall] = {
     KB + "DeleteCuratedAnswer": lambda api, md, o: kb(api).DeleteCuratedAnswer(
         K.DeleteCuratedAnswerRequest(name=o.doomed_curated_answer), metadata=md
     ),
+    # The workspace has events by now (at least the Chat probe's conversation.started).
+    EV + "StreamEvents": lambda api, md, o: first_event(api, md, o.workspace),
     W + "DeleteWorkspace": lambda api, md, o: api.workspaces.DeleteWorkspace(
         workspace_pb2.DeleteWorkspaceRequest(name=o.workspace), metadata=md
     ),

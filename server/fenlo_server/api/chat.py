@@ -47,6 +47,7 @@ from fenlo_server.errors import (
     quota_exceeded,
 )
 from fenlo_server.events import types as events
+from fenlo_server.events.bus import PublishedEvent
 from fenlo_server.ids import new_id
 from fenlo_server.llm.errors import AllProvidersFailed, ProviderRequestError
 from fenlo_server.pipeline import annotate
@@ -63,6 +64,7 @@ from fenlo_server.pipeline.engine import (
 from fenlo_server.pipeline.registry import StepRegistry
 from fenlo_server.pipeline.services import TurnServices
 from fenlo_server.status import to_status
+from fenlo_server.storage.db import Database
 from fenlo_server.storage.models import MessageRow
 from fenlo_server.storage.outbox import append_events
 from fenlo_server.storage.repositories import ConversationRepository
@@ -113,9 +115,18 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 class ChatHub:
     """The open Chat sessions of this server: for drain notices, agent messages
-    and conversation state changes, and for shutdown to wait on."""
+    and conversation state changes, and for shutdown to wait on.
 
-    def __init__(self) -> None:
+    Agent messages and state changes arrive as events on the bus
+    (:meth:`on_event`), whichever replica committed them: the bus hands each
+    event over once, so a stream gets each agent message once. The event carries
+    the message's name; the hub loads the message only when one of its streams
+    holds that conversation."""
+
+    EVENT_TYPES = (events.AGENT_MESSAGE_POSTED, events.CONVERSATION_STATE_CHANGED)
+
+    def __init__(self, db: Database | None = None) -> None:
+        self._db = db
         self._sessions: set[ChatSession] = set()
         self._by_conversation: dict[str, set[ChatSession]] = {}
         self._empty = asyncio.Event()
@@ -169,6 +180,43 @@ class ChatHub:
     def conversation_state(self, conversation_id: str, state: str) -> None:
         for session in self._by_conversation.get(conversation_id, set()):
             session.notify(_State(state))
+
+    async def on_event(self, event: PublishedEvent) -> None:
+        """An event from the bus: agent messages and state changes to the live streams."""
+        if event.type == events.AGENT_MESSAGE_POSTED:
+            try:
+                workspace_id, conversation_id, message_id = names.parse(
+                    "message", str(event.payload.get("message", "")), "message"
+                )
+            except FenloError:
+                return
+            if workspace_id != event.workspace_id or not self._held(workspace_id, conversation_id):
+                return
+            if self._db is None:
+                return
+            async with self._db.workspace(workspace_id) as session:
+                row = await ConversationRepository(session).get_message(conversation_id, message_id)
+            if row is not None:
+                self.push_agent_message(conversation_id, message_to_proto(row))
+        elif event.type == events.CONVERSATION_STATE_CHANGED:
+            try:
+                workspace_id, conversation_id = names.parse(
+                    "conversation", str(event.payload.get("conversation", "")), "conversation"
+                )
+            except FenloError:
+                return
+            state = str(event.payload.get("state", ""))
+            if (
+                workspace_id == event.workspace_id
+                and state
+                and self._held(workspace_id, conversation_id)
+            ):
+                self.conversation_state(conversation_id, state)
+
+    def _held(self, workspace_id: str, conversation_id: str) -> bool:
+        return any(
+            s.workspace_id == workspace_id for s in self._by_conversation.get(conversation_id, ())
+        )
 
     @property
     def open_sessions(self) -> int:
@@ -253,6 +301,10 @@ class ChatSession:
 
     def notify(self, item: object) -> None:
         self._inbox.put_nowait(item)
+
+    @property
+    def workspace_id(self) -> str:
+        return self._workspace_id
 
     @property
     def _lock_ttl(self) -> float:

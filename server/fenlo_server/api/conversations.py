@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 from google.protobuf import empty_pb2, json_format
 from grpc import aio
@@ -102,9 +102,8 @@ def validate_new_conversation(
 
 
 class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
-    def __init__(self, deps: Deps, live: LiveConversations | None = None) -> None:
+    def __init__(self, deps: Deps) -> None:
         self._deps = deps
-        self._live = live
 
     async def _require_workspace(self, workspace_id: str) -> None:
         if await self._deps.directory.get(workspace_id) is None:
@@ -241,8 +240,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
                         )
                     ],
                 )
-        if changed and self._live is not None:
-            self._live.conversation_state(conversation_id, row.state)
+        # Live Chat streams learn of the change from the event (ChatHub.on_event).
         return conversation_to_proto(row)
 
     async def DeleteConversation(
@@ -312,7 +310,10 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             posted = [
                 Event(
                     AGENT_MESSAGE_POSTED,
-                    {"message": names.message(workspace_id, conversation_id, message.id)},
+                    {
+                        "message": names.message(workspace_id, conversation_id, message.id),
+                        "conversation": request.parent,
+                    },
                 )
             ]
             if handed_off:
@@ -323,19 +324,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
                     )
                 )
             await append_events(session, posted)
-        proto = message_to_proto(message)
-        if self._live is not None:
-            if handed_off:
-                self._live.conversation_state(conversation_id, "HANDED_OFF")
-            self._live.push_agent_message(conversation_id, proto)
-        return proto
-
-
-class LiveConversations(Protocol):
-    """The conversations' live Chat streams (the chat hub)."""
-
-    def push_agent_message(
-        self, conversation_id: str, message: conversation_pb2.Message
-    ) -> int: ...
-
-    def conversation_state(self, conversation_id: str, state: str) -> None: ...
+        # The events reach the conversation's live Chat stream through the event
+        # bus (ChatHub.on_event): at once when it is held on this server (on
+        # commit), through Redis when it is held on another replica.
+        return message_to_proto(message)

@@ -20,6 +20,7 @@ _W = "/fenlo.v1.WorkspaceService/"
 _C = "/fenlo.v1.ConversationService/"
 _CHAT = "/fenlo.v1.ChatService/"
 _K = "/fenlo.v1.KnowledgeService/"
+_E = "/fenlo.v1.EventService/"
 
 # Method -> workspace roles allowed (platform_admin is always allowed).
 RPC_ROLES: dict[str, frozenset[str]] = {
@@ -51,6 +52,9 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     _K + "ListCuratedAnswers": STAFF,
     _K + "UpdateCuratedAnswer": ADMIN_ONLY,
     _K + "DeleteCuratedAnswer": ADMIN_ONLY,
+    # A workspace-wide integration feed: for the workspace's own services and its
+    # admins, not for agents (who work through conversations).
+    _E + "StreamEvents": frozenset({ADMIN, SERVICE}),
 }
 
 # Field paths of an update that only a platform admin may change.

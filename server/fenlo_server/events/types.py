@@ -1,7 +1,8 @@
 """The events a workspace emits. Each is written to the outbox in the same
 transaction as the change it describes and carries the workspace's next
-sequence number; the relay (issue "Events, Redis and graceful degradation")
-publishes them. Payloads hold resource names and small values, never secrets."""
+sequence number; the relay (``events/relay.py``) publishes them. Payloads hold
+resource names and small values, never secrets; docs/events.md lists each
+type's payload."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ LEAD_SCORE_CHANGED = "lead.score_changed"
 LEAD_QUALIFIED = "lead.qualified"
 HANDOFF_REQUESTED = "handoff.requested"
 AGENT_MESSAGE_POSTED = "agent_message.posted"
+DOCUMENT_READY = "document.ready"
+DOCUMENT_FAILED = "document.failed"
+DOCUMENT_DELETED = "document.deleted"
 
 TYPES = (
     CONVERSATION_STARTED,
@@ -28,6 +32,9 @@ TYPES = (
     LEAD_QUALIFIED,
     HANDOFF_REQUESTED,
     AGENT_MESSAGE_POSTED,
+    DOCUMENT_READY,
+    DOCUMENT_FAILED,
+    DOCUMENT_DELETED,
 )
 
 

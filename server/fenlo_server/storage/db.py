@@ -12,9 +12,11 @@ workspace cannot issue an unscoped query, even by mistake.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,6 +33,9 @@ from fenlo_server.storage.models import Base, TenantScoped
 
 WORKSPACE_KEY = "workspace_id"
 UNSCOPED_KEY = "unscoped_reason"
+COMMITTED_EVENTS_KEY = "outbox_rows"  # outbox rows the transaction wrote (outbox.py)
+log = logging.getLogger("fenlo.storage")
+EventsCommitted = Callable[[list[Any]], Awaitable[None]]
 _WORKSPACE_COLUMN = "workspace_id"
 
 
@@ -195,6 +200,9 @@ class Database:
         self._sessions = async_sessionmaker(
             self.engine, expire_on_commit=False, sync_session_class=TenantSession
         )
+        # Called with the outbox rows of every committed transaction that wrote
+        # some (the composition root sets it to the event relay).
+        self.on_events_committed: EventsCommitted | None = None
 
     @property
     def sync_engine(self) -> Engine:
@@ -223,6 +231,19 @@ class Database:
             raise
         except OSError as exc:
             raise _unavailable() from exc
+        rows = session.info.pop(COMMITTED_EVENTS_KEY, None)
+        if rows and self.on_events_committed is not None:
+            await self._events_committed(rows)
+
+    async def _events_committed(self, rows: list[Any]) -> None:
+        """Hand committed events on; the change is stored, so nothing here may fail it."""
+        assert self.on_events_committed is not None
+        try:
+            await self.on_events_committed(rows)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handing committed events to the relay failed")
 
     async def dispose(self) -> None:
         await self.engine.dispose()

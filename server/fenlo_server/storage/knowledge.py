@@ -13,6 +13,8 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from fenlo_server import names
+from fenlo_server.events import types as events
 from fenlo_server.ids import new_id
 from fenlo_server.knowledge.types import (
     ChunkDraft,
@@ -33,6 +35,7 @@ from fenlo_server.storage.models import (
     WorkspaceRow,
     utcnow,
 )
+from fenlo_server.storage.outbox import append_events
 from fenlo_server.storage.repositories import DuplicateRequest, workspace_of
 
 
@@ -165,6 +168,15 @@ class DocumentRepository:
         )
         await self._session.execute(delete(DocumentRow).where(DocumentRow.id == document_id))
         await bump_kb_version(self._session, self.workspace_id)
+        await append_events(
+            self._session,
+            [
+                events.Event(
+                    events.DOCUMENT_DELETED,
+                    {"document": names.document(self.workspace_id, document_id)},
+                )
+            ],
+        )
         return chunk_ids
 
     async def request_reindex(self, document_id: str) -> DocumentRow | None:
@@ -215,7 +227,22 @@ class DocumentRepository:
                 update_time=utcnow(),
             )
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        failed = bool(result.rowcount)  # type: ignore[attr-defined]
+        if failed:
+            await append_events(
+                self._session,
+                [
+                    events.Event(
+                        events.DOCUMENT_FAILED,
+                        {
+                            "document": names.document(self.workspace_id, document_id),
+                            "generation": generation,
+                            "reason": reason,
+                        },
+                    )
+                ],
+            )
+        return failed
 
     async def complete(
         self,
@@ -295,6 +322,19 @@ class DocumentRepository:
         row.update_time = utcnow()
         await self._session.flush()
         await bump_kb_version(self._session, ws)
+        await append_events(
+            self._session,
+            [
+                events.Event(
+                    events.DOCUMENT_READY,
+                    {
+                        "document": names.document(ws, document_id),
+                        "generation": generation,
+                        "chunk_count": len(chunks),
+                    },
+                )
+            ],
+        )
         return replaced
 
 

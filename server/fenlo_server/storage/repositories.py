@@ -227,6 +227,14 @@ class ConversationRepository:
         )
         return result.scalar_one_or_none()
 
+    async def get_message(self, conversation_id: str, message_id: str) -> MessageRow | None:
+        result = await self._session.execute(
+            select(MessageRow).where(
+                MessageRow.id == message_id, MessageRow.conversation_id == conversation_id
+            )
+        )
+        return result.scalar_one_or_none()
+
     async def list_page(
         self, *, filters: ConversationFilter, limit: int, before_id: str | None
     ) -> list[ConversationRow]:
