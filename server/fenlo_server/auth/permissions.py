@@ -20,6 +20,8 @@ _W = "/fenlo.v1.WorkspaceService/"
 _C = "/fenlo.v1.ConversationService/"
 _CHAT = "/fenlo.v1.ChatService/"
 _K = "/fenlo.v1.KnowledgeService/"
+_L = "/fenlo.v1.LeadService/"
+_A = "/fenlo.v1.AnalyticsService/"
 
 # Method -> workspace roles allowed (platform_admin is always allowed).
 RPC_ROLES: dict[str, frozenset[str]] = {
@@ -51,6 +53,10 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     _K + "ListCuratedAnswers": STAFF,
     _K + "UpdateCuratedAnswer": ADMIN_ONLY,
     _K + "DeleteCuratedAnswer": ADMIN_ONLY,
+    _L + "ListLeads": STAFF,
+    _L + "GetLead": STAFF,
+    _L + "UpdateLead": frozenset({ADMIN, AGENT}),
+    _A + "GetWorkspaceStats": frozenset({ADMIN, SERVICE}),
 }
 
 # Field paths of an update that only a platform admin may change.

@@ -15,6 +15,7 @@ TURN_COMPLETED = "turn.completed"
 SENTIMENT_CHANGED = "sentiment.changed"
 LEAD_SCORE_CHANGED = "lead.score_changed"
 LEAD_QUALIFIED = "lead.qualified"
+LEAD_UPDATED = "lead.updated"
 HANDOFF_REQUESTED = "handoff.requested"
 AGENT_MESSAGE_POSTED = "agent_message.posted"
 
@@ -26,6 +27,7 @@ TYPES = (
     SENTIMENT_CHANGED,
     LEAD_SCORE_CHANGED,
     LEAD_QUALIFIED,
+    LEAD_UPDATED,
     HANDOFF_REQUESTED,
     AGENT_MESSAGE_POSTED,
 )
