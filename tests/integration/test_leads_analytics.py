@@ -160,6 +160,23 @@ async def test_list_leads_order_filters_and_paging(api: Api) -> None:
         if not token_:
             break
     assert seen == [hot, warm, cold]
+    # Paging works the same in the other orders (keyset on a timestamp and the id).
+    for order in ("create_time desc", "update_time desc"):
+        full = await leads(api).ListLeads(
+            L.ListLeadsRequest(parent=parent, order_by=order), metadata=md
+        )
+        paged: list[str] = []
+        token_ = ""
+        for _ in range(5):
+            one = await leads(api).ListLeads(
+                L.ListLeadsRequest(parent=parent, order_by=order, page_size=2, page_token=token_),
+                metadata=md,
+            )
+            paged.extend(lead.name for lead in one.leads)
+            token_ = one.next_page_token
+            if not token_:
+                break
+        assert paged == [lead.name for lead in full.leads] and len(paged) == 3, order
     first = await leads(api).ListLeads(L.ListLeadsRequest(parent=parent, page_size=1), metadata=md)
     changed = await failure(
         leads(api).ListLeads(
