@@ -14,6 +14,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fenlo.v1 import (
+    analytics_pb2,
+    analytics_pb2_grpc,
     chat_pb2,
     chat_pb2_grpc,
     conversation_pb2,
@@ -22,15 +24,19 @@ from fenlo.v1 import (
     event_pb2_grpc,
     knowledge_pb2,
     knowledge_pb2_grpc,
+    lead_pb2,
+    lead_pb2_grpc,
     workspace_pb2,
     workspace_pb2_grpc,
 )
 from fenlo_server import metrics, secrets_store
+from fenlo_server.api.analytics import AnalyticsServicer
 from fenlo_server.api.chat import ChatHub, ChatServicer
 from fenlo_server.api.common import Deps
 from fenlo_server.api.conversations import ConversationServicer
 from fenlo_server.api.events import EventServicer, EventStreams
 from fenlo_server.api.knowledge import KnowledgeServicer
+from fenlo_server.api.leads import LeadServicer
 from fenlo_server.api.workspaces import WorkspaceServicer
 from fenlo_server.auth.authenticator import Authenticator
 from fenlo_server.auth.tokens import TokenService, load_jwks, load_private_key
@@ -67,6 +73,8 @@ SERVICES = (
     chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
     knowledge_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name,
     event_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+    lead_pb2.DESCRIPTOR.services_by_name["LeadService"].full_name,
+    analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name,
 )
 
 
@@ -291,6 +299,10 @@ class FenloApp:
         )
         event_pb2_grpc.add_EventServiceServicer_to_server(
             EventServicer(self.deps, self.bus, self.event_streams), self.server
+        )
+        lead_pb2_grpc.add_LeadServiceServicer_to_server(LeadServicer(self.deps), self.server)
+        analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
+            AnalyticsServicer(self.deps), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -35,6 +35,14 @@ from fenlo.v1 import (
     event_pb2_grpc,
     knowledge_pb2,
     knowledge_pb2_grpc,
+    analytics_pb2,
+    analytics_pb2_grpc,
+    chat_pb2,
+    conversation_pb2,
+    knowledge_pb2,
+    knowledge_pb2_grpc,
+    lead_pb2,
+    lead_pb2_grpc,
     workspace_pb2,
 )
 from fenlo_server.auth.permissions import RPC_ROLES
@@ -45,6 +53,8 @@ C = "/fenlo.v1.ConversationService/"
 CHAT = "/fenlo.v1.ChatService/"
 KB = "/fenlo.v1.KnowledgeService/"
 EV = "/fenlo.v1.EventService/"
+LEADS = "/fenlo.v1.LeadService/"
+STATS = "/fenlo.v1.AnalyticsService/"
 K = knowledge_pb2
 
 
@@ -65,6 +75,14 @@ async def first_event(api: Api, md: Metadata, parent: str) -> event_pb2.Event:
 
 def kb(api: Api) -> knowledge_pb2_grpc.KnowledgeServiceStub:
     return knowledge_pb2_grpc.KnowledgeServiceStub(api.channel)
+
+
+def leads(api: Api) -> lead_pb2_grpc.LeadServiceStub:
+    return lead_pb2_grpc.LeadServiceStub(api.channel)
+
+
+def analytics(api: Api) -> analytics_pb2_grpc.AnalyticsServiceStub:
+    return analytics_pb2_grpc.AnalyticsServiceStub(api.channel)
 
 
 async def upload_text(api: Api, md: Metadata, parent: str, text: str) -> K.Document:
@@ -140,6 +158,7 @@ class Target:
     api_key: str
     document: str
     curated_answer: str
+    lead: str
 
     @property
     def workspace(self) -> str:
@@ -468,6 +487,72 @@ CROSS: dict[str, tuple[Probe, ...]] = {
             ),
         ),
     ),
+    LEADS + "ListLeads": (
+        Probe(
+            "list",
+            lambda api, md, t: leads(api).ListLeads(
+                lead_pb2.ListLeadsRequest(parent=t.workspace), metadata=md
+            ),
+        ),
+        Probe(
+            "list-by-conversation",
+            lambda api, md, t: leads(api).ListLeads(
+                lead_pb2.ListLeadsRequest(
+                    parent=t.workspace, conversation=t.conversation, page_token="junk"
+                ),
+                metadata=md,
+            ),
+        ),
+    ),
+    LEADS + "GetLead": (
+        Probe(
+            "get",
+            lambda api, md, t: leads(api).GetLead(
+                lead_pb2.GetLeadRequest(name=t.lead), metadata=md
+            ),
+        ),
+    ),
+    LEADS + "UpdateLead": (
+        Probe(
+            "update",
+            lambda api, md, t: leads(api).UpdateLead(
+                lead_pb2.UpdateLeadRequest(
+                    lead=lead_pb2.Lead(
+                        name=t.lead, status=lead_pb2.LEAD_STATUS_LOST, owner="a", notes="by A"
+                    ),
+                    update_mask=mask("status", "owner", "notes"),
+                ),
+                metadata=md,
+            ),
+        ),
+        Probe(
+            # The workspace check comes before validation.
+            "update-invalid",
+            lambda api, md, t: leads(api).UpdateLead(
+                lead_pb2.UpdateLeadRequest(
+                    lead=lead_pb2.Lead(name=t.lead, score=100), update_mask=mask("score")
+                ),
+                metadata=md,
+            ),
+        ),
+    ),
+    STATS + "GetWorkspaceStats": (
+        Probe(
+            "stats",
+            lambda api, md, t: analytics(api).GetWorkspaceStats(
+                analytics_pb2.GetWorkspaceStatsRequest(workspace=t.workspace), metadata=md
+            ),
+        ),
+        Probe(
+            "stats-invalid-range",
+            lambda api, md, t: analytics(api).GetWorkspaceStats(
+                analytics_pb2.GetWorkspaceStatsRequest(
+                    workspace=t.workspace, end_time={"seconds": 1}, start_time={"seconds": 2}
+                ),
+                metadata=md,
+            ),
+        ),
+    ),
 }
 
 
@@ -489,6 +574,7 @@ class Tenant:
     api_key: str
     document: str
     curated_answer: str
+    lead: str
     secrets: list[str]
 
 
@@ -544,6 +630,10 @@ async def make_tenant(api: Api) -> Tenant:
         ),
         metadata=api.md(admin),
     )
+    lead = await leads(api).ListLeads(
+        lead_pb2.ListLeadsRequest(parent=ws_name(workspace_id)), metadata=api.md(admin)
+    )
+    assert [x.conversation for x in lead.leads] == [conversation.name]
     return Tenant(
         workspace_id=workspace_id,
         admin=admin,
@@ -551,6 +641,7 @@ async def make_tenant(api: Api) -> Tenant:
         api_key=key.api_key.name,
         document=document.name,
         curated_answer=curated.name,
+        lead=lead.leads[0].name,
         secrets=[
             display,
             prompt,
@@ -585,6 +676,7 @@ async def snapshot(api: Api, tenant: Tenant) -> dict[str, Any]:
     curated = await kb(api).ListCuratedAnswers(
         K.ListCuratedAnswersRequest(parent=name), metadata=md
     )
+    lead_page = await leads(api).ListLeads(lead_pb2.ListLeadsRequest(parent=name), metadata=md)
     for conversation in conversations.conversations:
         conversation.ClearField("update_time")  # a read never changes it, but be safe
     workspace.ClearField("update_time")
@@ -596,6 +688,7 @@ async def snapshot(api: Api, tenant: Tenant) -> dict[str, Any]:
         # Status may move from PENDING to READY meanwhile; the documents must not change.
         "documents": [(d.name, d.title, d.size_bytes) for d in documents.documents],
         "curated": [(a.name, a.question, a.answer) for a in curated.curated_answers],
+        "leads": list(lead_page.leads),
     }
 
 
@@ -627,7 +720,7 @@ async def test_other_workspace_is_unreachable_from_every_rpc(
 
     absent = "zz" + uuid.uuid4().hex[:12]
     if target == "existing":
-        t = Target(b.workspace_id, b.conversation, b.api_key, b.document, b.curated_answer)
+        t = Target(b.workspace_id, b.conversation, b.api_key, b.document, b.curated_answer, b.lead)
     elif target == "missing-in-b":
         base = ws_name(b.workspace_id)
         t = Target(
@@ -636,6 +729,7 @@ async def test_other_workspace_is_unreachable_from_every_rpc(
             f"{base}/apiKeys/{absent}",
             f"{base}/documents/{absent}",
             f"{base}/curatedAnswers/{absent}",
+            f"{base}/leads/{absent}",
         )
     else:
         t = Target(
@@ -644,6 +738,7 @@ async def test_other_workspace_is_unreachable_from_every_rpc(
             f"workspaces/{absent}/apiKeys/k1",
             f"workspaces/{absent}/documents/d1",
             f"workspaces/{absent}/curatedAnswers/a1",
+            f"workspaces/{absent}/leads/l1",
         )
 
     md = api.md(a_credential)
@@ -719,6 +814,10 @@ CONTRACT_ROLES: dict[str, frozenset[str]] = {
     KB + "UpdateCuratedAnswer": ADMIN,
     KB + "DeleteCuratedAnswer": ADMIN,
     EV + "StreamEvents": frozenset({"admin", "service"}),
+    LEADS + "ListLeads": ANY,
+    LEADS + "GetLead": ANY,
+    LEADS + "UpdateLead": frozenset({"admin", "agent"}),
+    STATS + "GetWorkspaceStats": frozenset({"admin", "service"}),
 }
 
 
@@ -748,6 +847,7 @@ class Own:
     doomed_document: str
     curated_answer: str
     doomed_curated_answer: str
+    lead: str
 
     @property
     def workspace(self) -> str:
@@ -870,6 +970,21 @@ OWN: dict[str, OwnCall] = {
     ),
     # The workspace has events by now (at least the Chat probe's conversation.started).
     EV + "StreamEvents": lambda api, md, o: first_event(api, md, o.workspace),
+    LEADS + "ListLeads": lambda api, md, o: leads(api).ListLeads(
+        lead_pb2.ListLeadsRequest(parent=o.workspace), metadata=md
+    ),
+    LEADS + "GetLead": lambda api, md, o: leads(api).GetLead(
+        lead_pb2.GetLeadRequest(name=o.lead), metadata=md
+    ),
+    LEADS + "UpdateLead": lambda api, md, o: leads(api).UpdateLead(
+        lead_pb2.UpdateLeadRequest(
+            lead=lead_pb2.Lead(name=o.lead, notes="Called back."), update_mask=mask("notes")
+        ),
+        metadata=md,
+    ),
+    STATS + "GetWorkspaceStats": lambda api, md, o: analytics(api).GetWorkspaceStats(
+        analytics_pb2.GetWorkspaceStatsRequest(workspace=o.workspace), metadata=md
+    ),
     W + "DeleteWorkspace": lambda api, md, o: api.workspaces.DeleteWorkspace(
         workspace_pb2.DeleteWorkspaceRequest(name=o.workspace), metadata=md
     ),
@@ -907,6 +1022,16 @@ async def make_own(api: Api, display_name: str = "Perms") -> Own:
         )
         for i in range(2)
     ]
+    # A turn makes the conversation a lead.
+    call = api.chat.Chat(metadata=md)
+    await call.write(chat_pb2.ChatRequest(start=chat_pb2.StartChat(conversation=conversation.name)))
+    await call.write(chat_pb2.ChatRequest(user_message=chat_pb2.UserMessage(text="Prices?")))
+    await call.done_writing()
+    while isinstance(await call.read(), chat_pb2.ChatResponse):
+        pass
+    lead = await leads(api).ListLeads(
+        lead_pb2.ListLeadsRequest(parent=ws_name(workspace_id)), metadata=md
+    )
     return Own(
         workspace_id,
         conversation.name,
@@ -916,6 +1041,7 @@ async def make_own(api: Api, display_name: str = "Perms") -> Own:
         documents[1].name,
         curated[0].name,
         curated[1].name,
+        lead.leads[0].name,
     )
 
 

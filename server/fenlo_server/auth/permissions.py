@@ -21,6 +21,8 @@ _C = "/fenlo.v1.ConversationService/"
 _CHAT = "/fenlo.v1.ChatService/"
 _K = "/fenlo.v1.KnowledgeService/"
 _E = "/fenlo.v1.EventService/"
+_L = "/fenlo.v1.LeadService/"
+_A = "/fenlo.v1.AnalyticsService/"
 
 # Method -> workspace roles allowed (platform_admin is always allowed).
 RPC_ROLES: dict[str, frozenset[str]] = {
@@ -55,6 +57,10 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     # A workspace-wide integration feed: for the workspace's own services and its
     # admins, not for agents (who work through conversations).
     _E + "StreamEvents": frozenset({ADMIN, SERVICE}),
+    _L + "ListLeads": STAFF,
+    _L + "GetLead": STAFF,
+    _L + "UpdateLead": frozenset({ADMIN, AGENT}),
+    _A + "GetWorkspaceStats": frozenset({ADMIN, SERVICE}),
 }
 
 # Field paths of an update that only a platform admin may change.

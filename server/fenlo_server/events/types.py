@@ -16,6 +16,7 @@ TURN_COMPLETED = "turn.completed"
 SENTIMENT_CHANGED = "sentiment.changed"
 LEAD_SCORE_CHANGED = "lead.score_changed"
 LEAD_QUALIFIED = "lead.qualified"
+LEAD_UPDATED = "lead.updated"
 HANDOFF_REQUESTED = "handoff.requested"
 AGENT_MESSAGE_POSTED = "agent_message.posted"
 DOCUMENT_READY = "document.ready"
@@ -30,6 +31,7 @@ TYPES = (
     SENTIMENT_CHANGED,
     LEAD_SCORE_CHANGED,
     LEAD_QUALIFIED,
+    LEAD_UPDATED,
     HANDOFF_REQUESTED,
     AGENT_MESSAGE_POSTED,
     DOCUMENT_READY,

@@ -88,6 +88,8 @@ class MessageContext:
     delivered: int | None = None  # code points the user got, after an interrupt
     interrupted: bool = False
     providers: list[str] = field(default_factory=list)
+    failovers: int = 0  # times the LLM router moved on to another provider
+    first_token_seconds: float | None = None  # from ``started`` to the LLM's first text
     usage: Usage = field(default_factory=Usage)
     cited: list[int] = field(default_factory=list)  # passage markers the answer cites
 

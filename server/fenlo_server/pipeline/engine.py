@@ -142,6 +142,8 @@ class Pipeline:
                 if isinstance(item, BaseException):
                     failure = item
                     break
+                if ctx.first_token_seconds is None:
+                    ctx.first_token_seconds = time.perf_counter() - ctx.started
                 ctx.answer_parts.append(item)
                 yield Text(item)
             assert generate is not None

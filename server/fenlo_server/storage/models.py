@@ -297,6 +297,33 @@ class LeadRow(TenantScoped, Base):
     update_time: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class TurnRow(TenantScoped, Base):
+    """One completed user turn's figures, flat for analytics: what the pipeline
+    classified, how long the first token took, which providers answered."""
+
+    __tablename__ = "turns"
+    __table_args__ = (
+        _workspace_fk(),
+        ForeignKeyConstraint(["conversation_id"], ["conversations.id"], ondelete="CASCADE"),
+        Index("ix_turns_time", "workspace_id", "create_time"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(ID, index=True)
+    turn_id: Mapped[str] = mapped_column(String(32))
+    intent: Mapped[str] = mapped_column(String(16), default="")  # faq, sales, ... ("" unknown)
+    sentiment: Mapped[str] = mapped_column(String(16), default="")  # positive, neutral, negative
+    quality: Mapped[float | None] = mapped_column()  # the answer's score, when scored
+    grounded: Mapped[bool] = mapped_column(Boolean, default=False)  # answer had passages
+    ttft_ms: Mapped[float | None] = mapped_column()  # LLM answers only
+    providers: Mapped[list[Any]] = mapped_column(default=list)
+    failovers: Mapped[int] = mapped_column(Integer, default=0)
+    handoff_reason: Mapped[str] = mapped_column(String(32), default="")
+    guard_blocked: Mapped[bool] = mapped_column(Boolean, default=False)
+    interrupted: Mapped[bool] = mapped_column(Boolean, default=False)
+    create_time: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class OutboxEventRow(TenantScoped, Base):
     """An event written in the same transaction as the change it describes; a relay
     publishes it (the transactional outbox)."""

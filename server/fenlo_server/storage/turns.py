@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fenlo_server.events.types import Event
 from fenlo_server.ids import new_id
-from fenlo_server.storage.models import ConversationRow, LeadRow, MessageRow, utcnow
+from fenlo_server.storage.models import ConversationRow, LeadRow, MessageRow, TurnRow, utcnow
 from fenlo_server.storage.outbox import append_events
 from fenlo_server.storage.repositories import ConversationRepository, workspace_of
 
@@ -69,6 +69,22 @@ async def load_conversation(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class TurnStats:
+    """A turn's flat figures for analytics (the ``turns`` table)."""
+
+    intent: str = ""
+    sentiment: str = ""
+    quality: float | None = None
+    grounded: bool = False
+    ttft_ms: float | None = None
+    providers: tuple[str, ...] = ()
+    failovers: int = 0
+    handoff_reason: str = ""
+    guard_blocked: bool = False
+    interrupted: bool = False
+
+
 @dataclass(slots=True)
 class TurnRecord:
     """What a completed turn stores (built by the persistence step)."""
@@ -85,6 +101,7 @@ class TurnRecord:
     lead: dict[str, Any] | None  # score, turns, signals, contact
     events: list[Event]
     stored_user_text: str | None = None  # when the stored text must change (masking)
+    stats: TurnStats | None = None
 
 
 async def store_turn(session: AsyncSession, record: TurnRecord) -> str:
@@ -142,6 +159,28 @@ async def store_turn(session: AsyncSession, record: TurnRecord) -> str:
         if record.lead.get("qualified") and lead.qualified_time is None:
             lead.qualified_time = now
         lead.update_time = now
+        await session.flush()
+    if record.stats is not None:
+        stats = record.stats
+        session.add(
+            TurnRow(
+                id=new_id(),
+                workspace_id=workspace_id,
+                conversation_id=record.conversation_id,
+                turn_id=record.turn_id,
+                intent=stats.intent,
+                sentiment=stats.sentiment,
+                quality=stats.quality,
+                grounded=stats.grounded,
+                ttft_ms=stats.ttft_ms,
+                providers=list(stats.providers),
+                failovers=stats.failovers,
+                handoff_reason=stats.handoff_reason,
+                guard_blocked=stats.guard_blocked,
+                interrupted=stats.interrupted,
+                create_time=utcnow(),
+            )
+        )
         await session.flush()
     await append_events(session, record.events)
     return assistant_id

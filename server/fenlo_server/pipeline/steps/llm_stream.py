@@ -75,6 +75,7 @@ class LlmStream:
                 yield text
         finally:
             ctx.providers.extend(result.providers)
+            ctx.failovers += result.failovers
             ctx.usage.add(result.usage)
             ctx.cited = result.cited or cited_markers("".join(produced), ctx.passages)
             used = result.usage.prompt_tokens + result.usage.completion_tokens

@@ -13,7 +13,7 @@ from fenlo_server.llm.types import ChatMessage
 from fenlo_server.pipeline import annotate
 from fenlo_server.pipeline.context import MessageContext
 from fenlo_server.storage.outbox import append_events
-from fenlo_server.storage.turns import RECENT, TurnRecord, store_turn
+from fenlo_server.storage.turns import RECENT, TurnRecord, TurnStats, store_turn
 
 NAME = "persistence"
 
@@ -86,6 +86,7 @@ class Persistence:
             new_state=new_state,
             lead=annotate.lead_json(ctx),
             events=record_events,
+            stats=turn_stats(ctx),
         )
         async with ctx.services.db.workspace(ctx.workspace_id) as session:
             ctx.assistant_message_id = await store_turn(session, record)
@@ -125,6 +126,23 @@ class Persistence:
         if new_state:
             memory.state = new_state
         memory.turns += 1
+
+
+def turn_stats(ctx: MessageContext) -> TurnStats:
+    """The turn's flat figures for analytics."""
+    ttft = ctx.first_token_seconds
+    return TurnStats(
+        intent=ctx.intent.kind if ctx.intent else "",
+        sentiment=ctx.sentiment.label if ctx.sentiment else "",
+        quality=ctx.quality.score if ctx.quality else None,
+        grounded=bool(ctx.passages),
+        ttft_ms=round(ttft * 1000, 3) if ttft is not None else None,
+        providers=tuple(ctx.providers),
+        failovers=ctx.failovers,
+        handoff_reason=ctx.handoff.reason if ctx.handoff else "",
+        guard_blocked=bool(ctx.guard and ctx.guard.blocked),
+        interrupted=ctx.interrupted,
+    )
 
 
 def create(params: Mapping[str, Any]) -> Persistence:
