@@ -29,16 +29,12 @@ from grpc import aio
 
 import fenlo.v1
 from fenlo.v1 import (
-    chat_pb2,
-    conversation_pb2,
-    event_pb2,
-    event_pb2_grpc,
-    knowledge_pb2,
-    knowledge_pb2_grpc,
     analytics_pb2,
     analytics_pb2_grpc,
     chat_pb2,
     conversation_pb2,
+    event_pb2,
+    event_pb2_grpc,
     knowledge_pb2,
     knowledge_pb2_grpc,
     lead_pb2,
