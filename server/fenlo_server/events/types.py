@@ -17,6 +17,8 @@ LEAD_SCORE_CHANGED = "lead.score_changed"
 LEAD_QUALIFIED = "lead.qualified"
 HANDOFF_REQUESTED = "handoff.requested"
 AGENT_MESSAGE_POSTED = "agent_message.posted"
+# Payload: contact_hash (a keyed hash, never the id) and counts; no personal data.
+CONTACT_ERASED = "contact.erased"
 
 TYPES = (
     CONVERSATION_STARTED,
@@ -28,6 +30,7 @@ TYPES = (
     LEAD_QUALIFIED,
     HANDOFF_REQUESTED,
     AGENT_MESSAGE_POSTED,
+    CONTACT_ERASED,
 )
 
 
