@@ -68,7 +68,9 @@ async def test_retention_removes_only_what_is_older_than_the_workspace_keeps(api
             )
         ).scalars()
         await session.execute(
-            update(MessageRow).where(MessageRow.id.in_(list(first_turn))).values(create_time=long_ago)
+            update(MessageRow)
+            .where(MessageRow.id.in_(list(first_turn)))
+            .values(create_time=long_ago)
         )
     new = await chat_turns(api, admin, ws, "c-new", [f"fresh {new_mark}"])
     kept_forever = await chat_turns(api, forever_admin, forever, "c-f", [f"keep {forever_mark}"])
@@ -131,7 +133,9 @@ async def test_retention_works_in_bounded_batches(sqlite_api: Api) -> None:
     assert list(listed.conversations) == []
 
 
-async def test_the_server_runs_retention_on_its_timer(sqlite_template: Path, tmp_path: Path) -> None:
+async def test_the_server_runs_retention_on_its_timer(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
     url = _sqlite_url(sqlite_template, tmp_path / "db")
     app = await start_app(make_settings(tmp_path, url, retention_interval_seconds=0.2))
     try:
