@@ -4,7 +4,9 @@ Chat stream on an erased conversation ends with NOT_FOUND."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -14,6 +16,7 @@ from sqlalchemy import func, select
 from fenlo.v1 import conversation_pb2 as C
 from fenlo_server.storage.models import LeadRow, MessageRow, OutboxEventRow
 from tests.chat_helpers import ChatStream
+from tests.conftest import _sqlite_url, make_settings, start_app
 from tests.helpers import Api, rich_error
 from tests.lifecycle_helpers import chat_turns, found_in, table_dump
 
@@ -146,3 +149,32 @@ async def test_erase_contact_validates_its_request(api: Api) -> None:
     with pytest.raises(aio.AioRpcError) as info:
         await erase(api, api.platform_token, missing, "someone")
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_turn_running_during_the_erasure_stores_nothing(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    url = _sqlite_url(sqlite_template, tmp_path / "db")
+    app = await start_app(make_settings(tmp_path, url, offline_tokens_per_second=20.0))
+    try:
+        async with Api(app) as api:
+            workspace, admin = await api.create_workspace("Erase mid-turn")
+            contact = f"mid-{uuid.uuid4().hex}"
+            mark = marker()
+            chat = ChatStream(api, admin)
+            await chat.start(parent=f"workspaces/{workspace}", external_contact_id=contact)
+            await chat.say(f"Please tell me a long story about {mark}.")
+            await chat.read_until("delta")  # the answer is streaming
+
+            erased = await erase(api, admin, workspace, contact)
+
+            assert erased.conversations_deleted == 1 and erased.streams_ended == 1
+            await chat.failure(grpc.StatusCode.NOT_FOUND, "RESOURCE_NOT_FOUND")
+            await asyncio.wait_for(app.chat_hub.wait_closed(), 10)  # the turn's store ran
+            dump = await table_dump(app.db, workspace)
+            assert found_in(dump, mark) == [] and found_in(dump, contact) == []
+            async with app.db.workspace(workspace) as session:
+                types = (await session.execute(select(OutboxEventRow.type))).scalars().all()
+            assert types == ["contact.erased"]  # the conversation's own events went too
+    finally:
+        await app.stop(grace=0)
