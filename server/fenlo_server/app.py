@@ -51,8 +51,10 @@ from fenlo_server.interceptors.ratelimit import RateLimitInterceptor
 from fenlo_server.jobs.arq_worker import ArqQueue
 from fenlo_server.jobs.factory import build_ingestor
 from fenlo_server.jobs.ingestion import InProcessQueue, JobQueue
+from fenlo_server.jobs.retention import RetentionLimits, RetentionTimer
 from fenlo_server.knowledge.factory import build_embedders, build_external_store, build_search
 from fenlo_server.knowledge.types import Embedder
+from fenlo_server.lifecycle import DataLifecycle
 from fenlo_server.llm.factory import build_router
 from fenlo_server.locks import LocalConversationLocks
 from fenlo_server.pagination import PageTokens
@@ -266,6 +268,25 @@ class FenloApp:
         self.chat_hub = ChatHub(db)
         self.bus.subscribe("chat-hub", self.chat_hub.on_event, types=ChatHub.EVENT_TYPES)
         self.event_streams = EventStreams()
+        self.lifecycle = DataLifecycle(
+            db,
+            hash_key=page_secret,
+            live=self.chat_hub,
+            external_store=self.external_store,
+            external_models=[self.embedders[0].model] if self.external_store else [],
+            redis=self.redis,
+            forget=[
+                self.directory.invalidate,
+                self.authenticator.forget_workspace,
+                self.knowledge.indexes.forget,
+            ],
+        )
+        # With Redis, `fenlo worker` runs retention as an ARQ cron job instead.
+        self.retention = RetentionTimer(
+            db,
+            0.0 if settings.redis_url else settings.retention_interval_seconds,
+            RetentionLimits(settings.retention_batch_size, settings.retention_max_batches),
+        )
         self.health = HealthServicer()
         self.server = aio.server(
             interceptors=[
@@ -286,10 +307,10 @@ class FenloApp:
             ],
         )
         workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(
-            WorkspaceServicer(self.deps), self.server
+            WorkspaceServicer(self.deps, self.lifecycle), self.server
         )
         conversation_pb2_grpc.add_ConversationServiceServicer_to_server(
-            ConversationServicer(self.deps), self.server
+            ConversationServicer(self.deps, self.chat_hub, self.lifecycle), self.server
         )
         chat_pb2_grpc.add_ChatServiceServicer_to_server(
             ChatServicer(self.deps, self.chat_hub, self.steps, self.turn_services), self.server
@@ -338,6 +359,7 @@ class FenloApp:
         await self.server.start()
         self.local_jobs.start()
         self.relay.start()
+        self.retention.start()
         loop = asyncio.get_running_loop()
         self._warming = [
             loop.create_task(warm()) for e in self.embedders if (warm := getattr(e, "warm", None))
@@ -405,6 +427,7 @@ class FenloApp:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.relay.drain(), 1.0)
         self.db.on_events_committed = None
+        await self.retention.stop()
         if isinstance(self.jobs, ArqQueue):
             await self.jobs.close()
         for task in self._warming:

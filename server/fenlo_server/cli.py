@@ -9,6 +9,7 @@
     fenlo kb add FILE... --workspace ID [--token T]   upload, wait until READY/FAILED
     fenlo kb search QUERY --workspace ID [--token T]  search a knowledge base
     fenlo worker                                      run ARQ jobs (needs FENLO_REDIS_URL)
+    fenlo retention run [--workspace ID]              one retention run now
 
 The operator commands work on the database directly with the server's settings
 (FENLO_DATA_DIR, FENLO_DATABASE_URL, ...), so they need no token.
@@ -133,8 +134,16 @@ def _parser() -> argparse.ArgumentParser:
     add_kb_commands(commands)
     commands.add_parser(
         "worker",
-        help="run background jobs (document ingestion) on ARQ; needs FENLO_REDIS_URL",
+        help="run background jobs (document ingestion, retention) on ARQ; needs FENLO_REDIS_URL",
     )
+    retention = commands.add_parser(
+        "retention", help="remove data older than the workspaces' retention_days"
+    ).add_subparsers(dest="action", required=True)
+    retention_run = retention.add_parser(
+        "run",
+        help="one bounded retention run now; prints one JSON line per workspace",
+    )
+    retention_run.add_argument("--workspace", help="only this workspace id")
     return parser
 
 
@@ -164,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_kb(args)
         if args.command == "worker":
             return _worker(settings)
+        if args.command == "retention":
+            return asyncio.run(_retention_run(settings, args.workspace))
     except Exception as exc:
         message = _operator_error(exc)
         if message is None:
@@ -380,6 +391,38 @@ def _worker(settings: Settings) -> int:
 
     logs.configure(settings.log_level, settings.log_format)
     run_worker(worker_settings(settings))
+    return 0
+
+
+async def _retention_run(settings: Settings, workspace_id: str | None) -> int:
+    from fenlo_server.app import open_database
+    from fenlo_server.jobs.retention import RetentionLimits, run_retention
+    from fenlo_server.storage.repositories import WorkspaceStore
+
+    db = await open_database(settings)
+    try:
+        if workspace_id is not None:
+            async with db.workspace(workspace_id) as session:
+                if await WorkspaceStore(session).get(workspace_id) is None:
+                    raise ValueError(f"workspace {workspace_id} does not exist")
+        results = await run_retention(
+            db,
+            limits=RetentionLimits(settings.retention_batch_size, settings.retention_max_batches),
+            workspace_id=workspace_id,
+        )
+    finally:
+        await db.dispose()
+    for workspace, pruned in results.items():
+        line = {
+            "workspace": f"workspaces/{workspace}",
+            "messages": pruned.messages,
+            "conversations": pruned.conversations,
+            "leads": pruned.leads,
+            "events": pruned.events,
+            "more": not pruned.done,
+        }
+        print(json.dumps(line))
+    print(f"fenlo: retention ran for {len(results)} workspace(s)", file=sys.stderr)
     return 0
 
 

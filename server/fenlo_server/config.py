@@ -299,6 +299,23 @@ class Settings(BaseSettings):
         "the stream catches up from the outbox table instead.",
     )
 
+    retention_interval_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="How often the retention job removes data older than each workspace's "
+        "retention_days: in-process without Redis, as an ARQ cron job of `fenlo worker` "
+        "with it (rounded to whole minutes or hours). 0 disables the schedule.",
+    )
+    retention_batch_size: int = Field(
+        500, ge=1, le=10_000, description="Rows the retention job deletes per transaction."
+    )
+    retention_max_batches: int = Field(
+        20,
+        ge=1,
+        description="Batches of each kind (messages, conversations, events) per workspace "
+        "and run; the rest waits for the next run.",
+    )
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

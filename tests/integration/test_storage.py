@@ -17,10 +17,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, delete, func, insert, inspect, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import aliased
 
+from fenlo_server.errors import NotFound
 from fenlo_server.ids import new_id
 from fenlo_server.storage import migrate
 from fenlo_server.storage.db import Database, TenantSession, UnscopedQueryError
@@ -138,7 +138,7 @@ async def test_repositories_cannot_reach_another_workspace(
         assert [w.id for w in await store.list_page(limit=10, before_id=None)] == [a.workspace_id]
 
     # Appending to B's conversation from A's session finds no conversation to update.
-    with pytest.raises(NoResultFound):
+    with pytest.raises(NotFound):
         async with db.workspace(a.workspace_id) as session:
             await ConversationRepository(session).append_message(
                 b.conversation_id, role="USER", text="intruder"

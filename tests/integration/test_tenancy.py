@@ -142,6 +142,14 @@ async def chat_start(api: Api, md: Metadata, start: chat_pb2.StartChat) -> chat_
         call.cancel()
 
 
+async def export_all(api: Api, md: Metadata, parent: str) -> list[Any]:
+    """Every response of an ExportConversations stream (a refusal raises on the first)."""
+    call = api.conversations.ExportConversations(
+        conversation_pb2.ExportConversationsRequest(parent=parent), metadata=md
+    )
+    return [response async for response in call]
+
+
 # ---------------------------------------------------------------- (1) cross-workspace
 
 
@@ -360,6 +368,27 @@ CROSS: dict[str, tuple[Probe, ...]] = {
                 metadata=md,
             ),
         ),
+    ),
+    C + "EraseContact": (
+        Probe(
+            "erase",
+            lambda api, md, t: api.conversations.EraseContact(
+                conversation_pb2.EraseContactRequest(
+                    parent=t.workspace, external_contact_id="b-contact"
+                ),
+                metadata=md,
+            ),
+        ),
+        Probe(
+            # Refused before validation: an invalid request learns nothing either.
+            "erase-invalid",
+            lambda api, md, t: api.conversations.EraseContact(
+                conversation_pb2.EraseContactRequest(parent=t.workspace), metadata=md
+            ),
+        ),
+    ),
+    C + "ExportConversations": (
+        Probe("export", lambda api, md, t: export_all(api, md, t.workspace)),
     ),
     CHAT + "Chat": (
         Probe("start-parent", _chat(lambda t: chat_pb2.StartChat(parent=t.workspace))),
@@ -796,6 +825,8 @@ CONTRACT_ROLES: dict[str, frozenset[str]] = {
     C + "DeleteConversation": ADMIN,
     C + "ListMessages": ANY,
     C + "PostAgentMessage": frozenset({"admin", "agent"}),
+    C + "EraseContact": ADMIN,
+    C + "ExportConversations": ADMIN,
     CHAT + "Chat": ANY,
     KB + "UploadDocument": ADMIN,
     KB + "ImportText": ADMIN,
@@ -922,6 +953,11 @@ OWN: dict[str, OwnCall] = {
         conversation_pb2.PostAgentMessageRequest(parent=o.conversation, text="Hello, I'm Ana."),
         metadata=md,
     ),
+    C + "EraseContact": lambda api, md, o: api.conversations.EraseContact(
+        conversation_pb2.EraseContactRequest(parent=o.workspace, external_contact_id="nobody-here"),
+        metadata=md,
+    ),
+    C + "ExportConversations": lambda api, md, o: export_all(api, md, o.workspace),
     CHAT + "Chat": _own_chat,
     KB + "UploadDocument": lambda api, md, o: upload_text(api, md, o.workspace, "Own text."),
     KB + "ImportText": lambda api, md, o: kb(api).ImportText(

@@ -16,7 +16,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +67,7 @@ from fenlo_server.status import to_status
 from fenlo_server.storage.db import Database
 from fenlo_server.storage.models import MessageRow
 from fenlo_server.storage.outbox import append_events
-from fenlo_server.storage.repositories import ConversationRepository
+from fenlo_server.storage.repositories import ConversationRepository, conversation_gone
 from fenlo_server.storage.turns import trim_answer
 from fenlo_server.text.sentences import SentenceSplitter
 
@@ -100,6 +100,11 @@ class _Push:
 @dataclass(frozen=True, slots=True)
 class _State:
     state: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Gone:
+    """The stream's conversation was deleted or erased: end the stream."""
 
 
 _EOF = object()
@@ -218,6 +223,25 @@ class ChatHub:
             s.workspace_id == workspace_id for s in self._by_conversation.get(conversation_id, ())
         )
 
+    def end_conversations(self, conversation_ids: Iterable[str]) -> int:
+        """End the live streams of conversations that were deleted or erased (they
+        fail with NOT_FOUND, their running turn stops); return how many."""
+        ended = 0
+        for conversation_id in conversation_ids:
+            for session in self._by_conversation.get(conversation_id, set()):
+                session.notify(_Gone())
+                ended += 1
+        return ended
+
+    def end_workspace(self, workspace_id: str) -> int:
+        """End every live stream of a deleted workspace; return how many."""
+        ended = 0
+        for session in list(self._sessions):
+            if session.workspace_id == workspace_id:
+                session.notify(_Gone())
+                ended += 1
+        return ended
+
     @property
     def open_sessions(self) -> int:
         return len(self._sessions)
@@ -304,6 +328,7 @@ class ChatSession:
 
     @property
     def workspace_id(self) -> str:
+        """The workspace of the stream's conversation ("" before it started)."""
         return self._workspace_id
 
     @property
@@ -384,7 +409,7 @@ class ChatSession:
             item = await self._next_request()
             if item is _EOF:
                 raise _Closed
-            if isinstance(item, _Drain | _Push | _State):
+            if isinstance(item, _Drain | _Push | _State | _Gone):
                 continue  # nothing to tell before the session exists
             assert isinstance(item, chat_pb2.ChatRequest)
             if item.WhichOneof("kind") != "start":
@@ -529,6 +554,10 @@ class ChatSession:
                     await self._emit(item.response)
                 elif isinstance(item, _State):
                     self._memory.state = item.state
+                elif isinstance(item, _Gone):
+                    # Ending the stream (in run's finally) stops the running turn; its
+                    # store then fails, as the conversation no longer exists.
+                    raise conversation_gone(self._workspace_id, self._conversation_id)
                 else:
                     assert isinstance(item, chat_pb2.ChatRequest)
                     last_activity = time.monotonic()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator, Iterable
+from datetime import datetime
+from typing import Any, Protocol
 
 from google.protobuf import empty_pb2, json_format
 from grpc import aio
@@ -29,6 +31,8 @@ from fenlo_server.events.types import (
     CONVERSATION_STATE_CHANGED,
     Event,
 )
+from fenlo_server.lifecycle import DataLifecycle
+from fenlo_server.storage.lifecycle import ExportFilter, conversations_after
 from fenlo_server.storage.models import ConversationRow, MessageRow
 from fenlo_server.storage.outbox import append_events
 from fenlo_server.storage.repositories import ConversationFilter, ConversationRepository
@@ -39,6 +43,8 @@ State = conversation_pb2.ConversationState
 Role = conversation_pb2.MessageRole
 MAX_CONTACT_ID = 256
 UPDATABLE = ("metadata", "state")
+EXPORT_CONVERSATIONS = 100  # conversations read per batch by ExportConversations
+EXPORT_MESSAGES = 500  # messages per batch, and most messages in one export response
 
 
 def channel_name(value: int) -> str:
@@ -102,8 +108,15 @@ def validate_new_conversation(
 
 
 class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
-    def __init__(self, deps: Deps) -> None:
+    def __init__(
+        self,
+        deps: Deps,
+        live: LiveConversations | None = None,
+        lifecycle: DataLifecycle | None = None,
+    ) -> None:
         self._deps = deps
+        self._live = live
+        self._lifecycle = lifecycle
 
     async def _require_workspace(self, workspace_id: str) -> None:
         if await self._deps.directory.get(workspace_id) is None:
@@ -252,6 +265,8 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             deleted = await ConversationRepository(session).delete(conversation_id)
         if not deleted:
             raise not_found("conversation", request.name)
+        if self._live is not None:
+            self._live.end_conversations([conversation_id])
         return empty_pb2.Empty()
 
     async def ListMessages(
@@ -328,3 +343,79 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         # bus (ChatHub.on_event): at once when it is held on this server (on
         # commit), through Redis when it is held on another replica.
         return message_to_proto(message)
+
+    async def EraseContact(
+        self, request: conversation_pb2.EraseContactRequest, context: Ctx
+    ) -> conversation_pb2.EraseContactResponse:
+        workspace_id = names.workspace_id(request.parent, "parent")
+        authorize_workspace(workspace_id)
+        violations = Violations()
+        check_text(
+            violations,
+            "external_contact_id",
+            request.external_contact_id,
+            max_chars=MAX_CONTACT_ID,
+            required=True,
+        )
+        violations.raise_if_any()
+        await self._require_workspace(workspace_id)
+        assert self._lifecycle is not None, "EraseContact needs the data lifecycle"
+        erased = await self._lifecycle.erase_contact(workspace_id, request.external_contact_id)
+        return conversation_pb2.EraseContactResponse(
+            conversations_deleted=erased.conversations,
+            messages_deleted=erased.messages,
+            leads_deleted=erased.leads,
+            events_deleted=erased.events,
+            streams_ended=erased.streams_ended,
+            contact_hash=erased.contact_hash,
+        )
+
+    async def ExportConversations(
+        self, request: conversation_pb2.ExportConversationsRequest, context: Ctx
+    ) -> AsyncIterator[conversation_pb2.ExportConversationsResponse]:
+        workspace_id = names.workspace_id(request.parent, "parent")
+        authorize_workspace(workspace_id)
+        violations = Violations()
+        check_text(
+            violations, "external_contact_id", request.external_contact_id, max_chars=MAX_CONTACT_ID
+        )
+        start = from_timestamp(request, "create_time_start", "create_time_start", violations)
+        end = from_timestamp(request, "create_time_end", "create_time_end", violations)
+        violations.raise_if_any()
+        await self._require_workspace(workspace_id)
+        filters = ExportFilter(start, end, request.external_contact_id or None)
+        db = self._deps.db
+        after: tuple[datetime, str] | None = None
+        while True:
+            # Short transactions, one per batch: a slow reader holds no database
+            # connection, and memory holds one batch whatever the workspace's size.
+            async with db.workspace(workspace_id) as session:
+                rows = await conversations_after(session, filters, after, EXPORT_CONVERSATIONS)
+            for row in rows:
+                conversation = conversation_to_proto(row)
+                after_seq = 0
+                continued = False
+                while True:
+                    async with db.workspace(workspace_id) as session:
+                        messages = await ConversationRepository(session).list_messages(
+                            row.id, limit=EXPORT_MESSAGES, after_seq=after_seq
+                        )
+                    if messages or not continued:
+                        yield conversation_pb2.ExportConversationsResponse(
+                            conversation=conversation,
+                            messages=[message_to_proto(m) for m in messages],
+                            continued=continued,
+                        )
+                    if len(messages) < EXPORT_MESSAGES:
+                        break
+                    after_seq = messages[-1].seq
+                    continued = True
+            if len(rows) < EXPORT_CONVERSATIONS:
+                return
+            after = (rows[-1].create_time, rows[-1].id)
+
+
+class LiveConversations(Protocol):
+    """The conversations' live Chat streams on this server (the chat hub)."""
+
+    def end_conversations(self, conversation_ids: Iterable[str]) -> int: ...

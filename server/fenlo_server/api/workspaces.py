@@ -32,6 +32,7 @@ from fenlo_server.errors import (
     Violations,
     not_found,
 )
+from fenlo_server.lifecycle import DataLifecycle
 from fenlo_server.storage.models import ApiKeyRow, WorkspaceRow
 from fenlo_server.storage.repositories import ApiKeyRepository, WorkspaceStore
 
@@ -61,8 +62,9 @@ def quotas_to_json(quotas: workspace_pb2.WorkspaceQuotas) -> dict[str, Any]:
 
 
 class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
-    def __init__(self, deps: Deps) -> None:
+    def __init__(self, deps: Deps, lifecycle: DataLifecycle) -> None:
         self._deps = deps
+        self._lifecycle = lifecycle
 
     def _to_proto(self, row: WorkspaceRow) -> workspace_pb2.Workspace:
         quotas = effective_quotas(row.quotas, self._deps.settings)
@@ -211,12 +213,9 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
     ) -> empty_pb2.Empty:
         workspace_id = names.workspace_id(request.name)
         authorize_workspace(workspace_id)
-        async with self._deps.db.workspace(workspace_id) as session:
-            deleted = await WorkspaceStore(session).delete(workspace_id)
-        if not deleted:
+        # Rows of every table, vectors, caches, live streams and Redis keys.
+        if not await self._lifecycle.delete_workspace(workspace_id):
             raise not_found("workspace", request.name)
-        self._deps.directory.invalidate(workspace_id)
-        self._deps.authenticator.forget_workspace(workspace_id)
         return empty_pb2.Empty()
 
     # API keys

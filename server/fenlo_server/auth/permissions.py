@@ -41,6 +41,8 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     _C + "DeleteConversation": ADMIN_ONLY,
     _C + "ListMessages": STAFF,
     _C + "PostAgentMessage": frozenset({ADMIN, AGENT}),
+    _C + "EraseContact": ADMIN_ONLY,
+    _C + "ExportConversations": ADMIN_ONLY,
     _CHAT + "Chat": STAFF,
     _K + "UploadDocument": ADMIN_ONLY,
     _K + "ImportText": ADMIN_ONLY,

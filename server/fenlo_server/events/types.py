@@ -22,6 +22,8 @@ AGENT_MESSAGE_POSTED = "agent_message.posted"
 DOCUMENT_READY = "document.ready"
 DOCUMENT_FAILED = "document.failed"
 DOCUMENT_DELETED = "document.deleted"
+# Payload: contact_hash (a keyed hash, never the id) and counts; no personal data.
+CONTACT_ERASED = "contact.erased"
 
 TYPES = (
     CONVERSATION_STARTED,
@@ -37,6 +39,7 @@ TYPES = (
     DOCUMENT_READY,
     DOCUMENT_FAILED,
     DOCUMENT_DELETED,
+    CONTACT_ERASED,
 )
 
 

@@ -1,4 +1,5 @@
-"""Ingestion on ARQ workers (`fenlo worker`) when Redis is configured.
+"""Background jobs on ARQ workers (`fenlo worker`) when Redis is configured:
+document ingestion, and the retention cron job.
 
 The server enqueues; any number of worker processes run the jobs. Job ids carry
 the document's generation, so a document queued twice runs once. If Redis
@@ -15,9 +16,11 @@ from typing import Any
 
 from fenlo_server.config import Settings
 from fenlo_server.jobs.ingestion import Ingestor, InProcessQueue
+from fenlo_server.jobs.retention import RetentionLimits, run_retention
 
 log = logging.getLogger("fenlo.jobs")
 INGEST = "ingest_document"
+RETENTION = "retention"
 
 
 def redis_settings(url: str) -> Any:
@@ -90,6 +93,24 @@ async def sweep(ctx: dict[str, Any]) -> int:
     return len(stale)
 
 
+async def retention(ctx: dict[str, Any]) -> int:
+    """One retention run over every workspace; returns how many messages it removed."""
+    results = await run_retention(ctx["db"], limits=ctx["retention_limits"])
+    return sum(p.messages for p in results.values())
+
+
+def retention_schedule(interval_seconds: float) -> dict[str, Any] | None:
+    """ARQ cron arguments that run every ``interval_seconds``, rounded to whole
+    minutes below an hour and to whole hours above; None when disabled."""
+    if interval_seconds <= 0:
+        return None
+    if interval_seconds < 3600:
+        step = max(int(interval_seconds // 60), 1)
+        return {"minute": set(range(0, 60, step)), "second": 0}
+    step = min(max(int(interval_seconds // 3600), 1), 24)
+    return {"hour": set(range(0, 24, step)), "minute": 0, "second": 0}
+
+
 def make_startup(settings: Settings) -> Callable[[dict[str, Any]], Awaitable[None]]:
     async def startup(ctx: dict[str, Any]) -> None:
         from fenlo_server.app import open_database
@@ -98,6 +119,9 @@ def make_startup(settings: Settings) -> Callable[[dict[str, Any]], Awaitable[Non
         ctx["db"] = await open_database(settings)
         ctx["ingestor"] = build_ingestor(settings, ctx["db"])
         ctx["queue_name"] = settings.jobs_queue
+        ctx["retention_limits"] = RetentionLimits(
+            settings.retention_batch_size, settings.retention_max_batches
+        )
         for workspace_id, document_id, generation in await ctx["ingestor"].outdated():
             await ctx["redis"].enqueue_job(
                 INGEST,
@@ -121,9 +145,14 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
     from arq import cron, func
 
     assert settings.redis_url
+    cron_jobs = [cron(sweep, second={0, 30}, run_at_startup=True)]
+    schedule = retention_schedule(settings.retention_interval_seconds)
+    if schedule is not None:
+        # unique (ARQ's default): one worker runs each scheduled retention run.
+        cron_jobs.append(cron(retention, name=RETENTION, timeout=3600, **schedule))
     return {
         "functions": [func(ingest_document, name=INGEST, max_tries=3, timeout=600)],
-        "cron_jobs": [cron(sweep, second={0, 30}, run_at_startup=True)],
+        "cron_jobs": cron_jobs,
         "on_startup": make_startup(settings),
         "on_shutdown": shutdown,
         "redis_settings": redis_settings(settings.redis_url),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -126,7 +127,9 @@ class VectorStore(Protocol):
 
     async def delete(self, workspace: str, model: str, ids: list[str]) -> None: ...
 
-    async def delete_workspace(self, workspace: str) -> None: ...
+    async def delete_workspace(self, workspace: str, models: Sequence[str] = ()) -> None:
+        """Delete every vector of the workspace (of ``models`` and any other)."""
+        ...
 
     async def query(
         self,

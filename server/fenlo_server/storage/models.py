@@ -119,6 +119,8 @@ class ConversationRow(TenantScoped, Base):
         _workspace_fk(),
         UniqueConstraint("workspace_id", "request_id", name="uq_conversations_request"),
         Index("ix_conversations_contact", "workspace_id", "external_contact_id"),
+        # Export reads in creation order; retention finds old, empty conversations.
+        Index("ix_conversations_created", "workspace_id", "create_time"),
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
@@ -142,6 +144,7 @@ class MessageRow(TenantScoped, Base):
         _workspace_fk(),
         UniqueConstraint("conversation_id", "seq", name="uq_messages_seq"),
         Index("ix_messages_client_id", "conversation_id", "client_message_id"),
+        Index("ix_messages_created", "workspace_id", "create_time"),  # retention
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
@@ -333,6 +336,7 @@ class OutboxEventRow(TenantScoped, Base):
         _workspace_fk(),
         UniqueConstraint("workspace_id", "seq", name="uq_outbox_events_seq"),
         Index("ix_outbox_events_unpublished", "published_time", "id"),
+        Index("ix_outbox_events_created", "workspace_id", "create_time"),  # retention
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)

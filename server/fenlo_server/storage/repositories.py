@@ -13,6 +13,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from fenlo_server import names
+from fenlo_server.errors import NotFound, Reason
 from fenlo_server.ids import new_id
 from fenlo_server.storage.db import UNSCOPED_KEY, WORKSPACE_KEY
 from fenlo_server.storage.models import (
@@ -26,6 +28,16 @@ from fenlo_server.storage.models import (
 
 class DuplicateRequest(Exception):
     """A concurrent Create with the same request_id won the race."""
+
+
+def conversation_gone(workspace_id: str, conversation_id: str) -> NotFound:
+    """The error of a write to a conversation that was deleted or erased meanwhile."""
+    name = names.conversation(workspace_id, conversation_id)
+    return NotFound(
+        Reason.ERROR_REASON_RESOURCE_NOT_FOUND,
+        f"conversation {name} no longer exists (it was deleted or erased)",
+        metadata={"resource": name},
+    )
 
 
 def workspace_of(session: AsyncSession) -> str:
@@ -292,7 +304,9 @@ class ConversationRepository:
             )
             .returning(ConversationRow.last_seq)
         )
-        seq = result.scalar_one()
+        seq = result.scalar_one_or_none()
+        if seq is None:
+            raise conversation_gone(self.workspace_id, conversation_id)
         row = MessageRow(
             id=new_id(),
             workspace_id=self.workspace_id,

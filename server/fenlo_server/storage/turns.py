@@ -13,7 +13,11 @@ from fenlo_server.events.types import Event
 from fenlo_server.ids import new_id
 from fenlo_server.storage.models import ConversationRow, LeadRow, MessageRow, TurnRow, utcnow
 from fenlo_server.storage.outbox import append_events
-from fenlo_server.storage.repositories import ConversationRepository, workspace_of
+from fenlo_server.storage.repositories import (
+    ConversationRepository,
+    conversation_gone,
+    workspace_of,
+)
 
 RECENT = 10  # per-turn sentiment and quality scores kept on the conversation
 
@@ -131,11 +135,14 @@ async def store_turn(session: AsyncSession, record: TurnRecord) -> str:
     }
     if record.new_state:
         conversation_values["state"] = record.new_state
-    await session.execute(
+    result = await session.execute(
         update(ConversationRow)
         .where(ConversationRow.id == record.conversation_id)
         .values(**conversation_values)
     )
+    if not getattr(result, "rowcount", 0):
+        # Deleted or erased while the turn ran: store nothing of it (no lead, no events).
+        raise conversation_gone(workspace_id, record.conversation_id)
     if record.lead is not None:
         lead = (
             await session.execute(

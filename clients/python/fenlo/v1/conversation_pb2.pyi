@@ -636,3 +636,156 @@ class PostAgentMessageRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PostAgentMessageRequest: _TypeAlias = PostAgentMessageRequest  # noqa: Y015
+
+@_typing.final
+class EraseContactRequest(_message.Message):
+    """The request to erase one external contact's data."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    EXTERNAL_CONTACT_ID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The workspace, `workspaces/{workspace}`."""
+    external_contact_id: _builtins.str
+    """The contact's id as set on its conversations
+    (`Conversation.external_contact_id`), 1 to 256 characters. Only exact
+    matches are erased; conversations without an external contact id are
+    never matched.
+    """
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        external_contact_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_contact_id", b"external_contact_id", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseContactRequest: _TypeAlias = EraseContactRequest  # noqa: Y015
+
+@_typing.final
+class EraseContactResponse(_message.Message):
+    """What an erasure removed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATIONS_DELETED_FIELD_NUMBER: _builtins.int
+    MESSAGES_DELETED_FIELD_NUMBER: _builtins.int
+    LEADS_DELETED_FIELD_NUMBER: _builtins.int
+    EVENTS_DELETED_FIELD_NUMBER: _builtins.int
+    STREAMS_ENDED_FIELD_NUMBER: _builtins.int
+    CONTACT_HASH_FIELD_NUMBER: _builtins.int
+    conversations_deleted: _builtins.int
+    """How many conversations were removed."""
+    messages_deleted: _builtins.int
+    """How many messages were removed."""
+    leads_deleted: _builtins.int
+    """How many leads were removed."""
+    events_deleted: _builtins.int
+    """How many outbox events that named one of the conversations were removed."""
+    streams_ended: _builtins.int
+    """How many live Chat streams on this server were ended (with NOT_FOUND)."""
+    contact_hash: _builtins.str
+    """The keyed hash of the contact id that the `contact.erased` event
+    carries (hex HMAC-SHA256), to match the event with this call. It cannot
+    be turned back into the contact id.
+    """
+    def __init__(
+        self,
+        *,
+        conversations_deleted: _builtins.int = ...,
+        messages_deleted: _builtins.int = ...,
+        leads_deleted: _builtins.int = ...,
+        events_deleted: _builtins.int = ...,
+        streams_ended: _builtins.int = ...,
+        contact_hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_hash", b"contact_hash", "conversations_deleted", b"conversations_deleted", "events_deleted", b"events_deleted", "leads_deleted", b"leads_deleted", "messages_deleted", b"messages_deleted", "streams_ended", b"streams_ended"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseContactResponse: _TypeAlias = EraseContactResponse  # noqa: Y015
+
+@_typing.final
+class ExportConversationsRequest(_message.Message):
+    """The request to export a workspace's conversations. Filters combine with AND."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_START_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_END_FIELD_NUMBER: _builtins.int
+    EXTERNAL_CONTACT_ID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The workspace, `workspaces/{workspace}`."""
+    external_contact_id: _builtins.str
+    """Only conversations with this external contact id; empty means any."""
+    @_builtins.property
+    def create_time_start(self) -> _timestamp_pb2.Timestamp:
+        """Only conversations created at or after this time."""
+
+    @_builtins.property
+    def create_time_end(self) -> _timestamp_pb2.Timestamp:
+        """Only conversations created before this time."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        create_time_start: _timestamp_pb2.Timestamp | None = ...,
+        create_time_end: _timestamp_pb2.Timestamp | None = ...,
+        external_contact_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time_end", b"create_time_end", "create_time_start", b"create_time_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_end", b"create_time_end", "create_time_start", b"create_time_start", "external_contact_id", b"external_contact_id", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportConversationsRequest: _TypeAlias = ExportConversationsRequest  # noqa: Y015
+
+@_typing.final
+class ExportConversationsResponse(_message.Message):
+    """One conversation of an export with (a part of) its messages. A
+    conversation with more messages than fit one response comes in several
+    consecutive responses with the same `conversation`; every response after
+    the first has `continued` set.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    CONTINUED_FIELD_NUMBER: _builtins.int
+    continued: _builtins.bool
+    """True when this response continues the messages of the previous
+    response's conversation.
+    """
+    @_builtins.property
+    def conversation(self) -> Global___Conversation:
+        """The conversation as GetConversation returns it."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
+        """Its messages in this response, oldest first, as ListMessages returns them."""
+
+    def __init__(
+        self,
+        *,
+        conversation: Global___Conversation | None = ...,
+        messages: _abc.Iterable[Global___Message] | None = ...,
+        continued: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continued", b"continued", "conversation", b"conversation", "messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportConversationsResponse: _TypeAlias = ExportConversationsResponse  # noqa: Y015

@@ -72,6 +72,16 @@ class ConversationServiceStub:
                 request_serializer=fenlo_dot_v1_dot_conversation__pb2.PostAgentMessageRequest.SerializeToString,
                 response_deserializer=fenlo_dot_v1_dot_conversation__pb2.Message.FromString,
                 _registered_method=True)
+        self.EraseContact = channel.unary_unary(
+                '/fenlo.v1.ConversationService/EraseContact',
+                request_serializer=fenlo_dot_v1_dot_conversation__pb2.EraseContactRequest.SerializeToString,
+                response_deserializer=fenlo_dot_v1_dot_conversation__pb2.EraseContactResponse.FromString,
+                _registered_method=True)
+        self.ExportConversations = channel.unary_stream(
+                '/fenlo.v1.ConversationService/ExportConversations',
+                request_serializer=fenlo_dot_v1_dot_conversation__pb2.ExportConversationsRequest.SerializeToString,
+                response_deserializer=fenlo_dot_v1_dot_conversation__pb2.ExportConversationsResponse.FromString,
+                _registered_method=True)
 
 
 class ConversationServiceServicer:
@@ -134,6 +144,26 @@ class ConversationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseContact(self, request, context):
+        """Erases one external contact: every conversation carrying its
+        `external_contact_id`, their messages, leads and events, and ends the
+        live Chat streams of those conversations. Writes one `contact.erased`
+        event holding only the counts and a keyed hash of the contact id.
+        Irreversible. Roles: admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportConversations(self, request, context):
+        """Streams a workspace's conversations, oldest first, each with its
+        messages (and their stored analysis and citations). Read in bounded
+        batches, so any size of workspace can be exported. Roles: admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConversationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -171,6 +201,16 @@ def add_ConversationServiceServicer_to_server(servicer, server):
                     servicer.PostAgentMessage,
                     request_deserializer=fenlo_dot_v1_dot_conversation__pb2.PostAgentMessageRequest.FromString,
                     response_serializer=fenlo_dot_v1_dot_conversation__pb2.Message.SerializeToString,
+            ),
+            'EraseContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseContact,
+                    request_deserializer=fenlo_dot_v1_dot_conversation__pb2.EraseContactRequest.FromString,
+                    response_serializer=fenlo_dot_v1_dot_conversation__pb2.EraseContactResponse.SerializeToString,
+            ),
+            'ExportConversations': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportConversations,
+                    request_deserializer=fenlo_dot_v1_dot_conversation__pb2.ExportConversationsRequest.FromString,
+                    response_serializer=fenlo_dot_v1_dot_conversation__pb2.ExportConversationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -364,6 +404,60 @@ class ConversationService:
             '/fenlo.v1.ConversationService/PostAgentMessage',
             fenlo_dot_v1_dot_conversation__pb2.PostAgentMessageRequest.SerializeToString,
             fenlo_dot_v1_dot_conversation__pb2.Message.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fenlo.v1.ConversationService/EraseContact',
+            fenlo_dot_v1_dot_conversation__pb2.EraseContactRequest.SerializeToString,
+            fenlo_dot_v1_dot_conversation__pb2.EraseContactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportConversations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fenlo.v1.ConversationService/ExportConversations',
+            fenlo_dot_v1_dot_conversation__pb2.ExportConversationsRequest.SerializeToString,
+            fenlo_dot_v1_dot_conversation__pb2.ExportConversationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,18 @@ class ConversationServiceStub:
     becomes HANDED_OFF: the assistant stays silent until the conversation is
     set back to OPEN with UpdateConversation. Roles: admin, agent.
     """
+    EraseContact: _grpc.UnaryUnaryMultiCallable[_conversation_pb2.EraseContactRequest, _conversation_pb2.EraseContactResponse]
+    """Erases one external contact: every conversation carrying its
+    `external_contact_id`, their messages, leads and events, and ends the
+    live Chat streams of those conversations. Writes one `contact.erased`
+    event holding only the counts and a keyed hash of the contact id.
+    Irreversible. Roles: admin.
+    """
+    ExportConversations: _grpc.UnaryStreamMultiCallable[_conversation_pb2.ExportConversationsRequest, _conversation_pb2.ExportConversationsResponse]
+    """Streams a workspace's conversations, oldest first, each with its
+    messages (and their stored analysis and citations). Read in bounded
+    batches, so any size of workspace can be exported. Roles: admin.
+    """
 
 @_typing.type_check_only
 class ConversationServiceAsyncStub(ConversationServiceStub):
@@ -91,6 +103,18 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
     conversation's live Chat stream as `agent_message`. An OPEN conversation
     becomes HANDED_OFF: the assistant stays silent until the conversation is
     set back to OPEN with UpdateConversation. Roles: admin, agent.
+    """
+    EraseContact: _aio.UnaryUnaryMultiCallable[_conversation_pb2.EraseContactRequest, _conversation_pb2.EraseContactResponse]  # type: ignore[assignment]
+    """Erases one external contact: every conversation carrying its
+    `external_contact_id`, their messages, leads and events, and ends the
+    live Chat streams of those conversations. Writes one `contact.erased`
+    event holding only the counts and a keyed hash of the contact id.
+    Irreversible. Roles: admin.
+    """
+    ExportConversations: _aio.UnaryStreamMultiCallable[_conversation_pb2.ExportConversationsRequest, _conversation_pb2.ExportConversationsResponse]  # type: ignore[assignment]
+    """Streams a workspace's conversations, oldest first, each with its
+    messages (and their stored analysis and citations). Read in bounded
+    batches, so any size of workspace can be exported. Roles: admin.
     """
 
 class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -162,6 +186,30 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
         conversation's live Chat stream as `agent_message`. An OPEN conversation
         becomes HANDED_OFF: the assistant stays silent until the conversation is
         set back to OPEN with UpdateConversation. Roles: admin, agent.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseContact(
+        self,
+        request: _conversation_pb2.EraseContactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conversation_pb2.EraseContactResponse, _abc.Awaitable[_conversation_pb2.EraseContactResponse]]:
+        """Erases one external contact: every conversation carrying its
+        `external_contact_id`, their messages, leads and events, and ends the
+        live Chat streams of those conversations. Writes one `contact.erased`
+        event holding only the counts and a keyed hash of the contact id.
+        Irreversible. Roles: admin.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportConversations(
+        self,
+        request: _conversation_pb2.ExportConversationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_conversation_pb2.ExportConversationsResponse], _abc.AsyncIterator[_conversation_pb2.ExportConversationsResponse]]:
+        """Streams a workspace's conversations, oldest first, each with its
+        messages (and their stored analysis and citations). Read in bounded
+        batches, so any size of workspace can be exported. Roles: admin.
         """
 
 def add_ConversationServiceServicer_to_server(servicer: ConversationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

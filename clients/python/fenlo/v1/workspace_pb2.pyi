@@ -209,7 +209,10 @@ class WorkspaceSettings(_message.Message):
     `pt-BR`; defaults to `en`.
     """
     retention_days: _builtins.int
-    """Messages older than this many days are deleted; 0 keeps them forever."""
+    """Messages older than this many days are deleted by the retention job,
+    with conversations left empty that are older too and events older than
+    that; 0 (the default) keeps them forever. At most 36,500.
+    """
     @_builtins.property
     def business_hours(self) -> Global___BusinessHours:
         """When humans are available to take over a conversation."""

@@ -1,6 +1,6 @@
 """analytics: one row of figures per completed turn
 
-Revision ID: 0006
+Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-03
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 
 
-revision: str = '0006'
+revision: str = '0004'
 down_revision: str | None = '0003'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
