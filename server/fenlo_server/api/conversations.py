@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -266,8 +266,6 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             deleted = await ConversationRepository(session).delete(conversation_id)
         if not deleted:
             raise not_found("conversation", request.name)
-        if self._live is not None:
-            self._live.end_conversations([conversation_id])
         return empty_pb2.Empty()
 
     async def ListMessages(
@@ -423,5 +421,3 @@ class LiveConversations(Protocol):
     ) -> int: ...
 
     def conversation_state(self, conversation_id: str, state: str) -> None: ...
-
-    def end_conversations(self, conversation_ids: Iterable[str]) -> int: ...
