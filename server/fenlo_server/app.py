@@ -310,7 +310,7 @@ class FenloApp:
             WorkspaceServicer(self.deps, self.lifecycle), self.server
         )
         conversation_pb2_grpc.add_ConversationServiceServicer_to_server(
-            ConversationServicer(self.deps, self.chat_hub, self.lifecycle), self.server
+            ConversationServicer(self.deps, self.lifecycle), self.server
         )
         chat_pb2_grpc.add_ChatServiceServicer_to_server(
             ChatServicer(self.deps, self.chat_hub, self.steps, self.turn_services), self.server

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from google.protobuf import empty_pb2, json_format
 from grpc import aio
@@ -108,14 +108,8 @@ def validate_new_conversation(
 
 
 class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
-    def __init__(
-        self,
-        deps: Deps,
-        live: LiveConversations | None = None,
-        lifecycle: DataLifecycle | None = None,
-    ) -> None:
+    def __init__(self, deps: Deps, lifecycle: DataLifecycle | None = None) -> None:
         self._deps = deps
-        self._live = live
         self._lifecycle = lifecycle
 
     async def _require_workspace(self, workspace_id: str) -> None:
@@ -265,8 +259,6 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             deleted = await ConversationRepository(session).delete(conversation_id)
         if not deleted:
             raise not_found("conversation", request.name)
-        if self._live is not None:
-            self._live.end_conversations([conversation_id])
         return empty_pb2.Empty()
 
     async def ListMessages(
@@ -413,9 +405,3 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             if len(rows) < EXPORT_CONVERSATIONS:
                 return
             after = (rows[-1].create_time, rows[-1].id)
-
-
-class LiveConversations(Protocol):
-    """The conversations' live Chat streams on this server (the chat hub)."""
-
-    def end_conversations(self, conversation_ids: Iterable[str]) -> int: ...
