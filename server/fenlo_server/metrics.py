@@ -88,3 +88,16 @@ REDIS_AVAILABLE.set(1)
 INGESTED_CHUNKS = Counter(
     "fenlo_ingested_chunks_total", "Passages written by document ingestion.", registry=REGISTRY
 )
+DEPENDENCY_UP = Gauge(
+    "fenlo_dependency_up",
+    "1 while an optional dependency answers, 0 while the server runs without it "
+    "(only dependencies that are configured appear).",
+    ["dependency"],
+    registry=REGISTRY,
+)
+DEPENDENCY_FALLBACKS = Counter(
+    "fenlo_dependency_fallbacks_total",
+    "Operations that used this server's local state because a dependency was down or failed.",
+    ["dependency", "component"],
+    registry=REGISTRY,
+)

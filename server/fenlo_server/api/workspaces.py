@@ -203,7 +203,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             row.settings = settings_to_json(merged.settings)
             row.quotas = quotas_to_json(merged.quotas)
             row = await store.save(row)
-        self._deps.directory.invalidate(workspace_id)
+        await self._deps.directory.invalidate(workspace_id)
         return self._to_proto(row)
 
     async def DeleteWorkspace(
@@ -215,8 +215,8 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             deleted = await WorkspaceStore(session).delete(workspace_id)
         if not deleted:
             raise not_found("workspace", request.name)
-        self._deps.directory.invalidate(workspace_id)
-        self._deps.authenticator.forget_workspace(workspace_id)
+        await self._deps.directory.invalidate(workspace_id)
+        await self._deps.authenticator.forget_workspace(workspace_id)
         return empty_pb2.Empty()
 
     # API keys
@@ -281,7 +281,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             row = await ApiKeyRepository(session).delete(key_id)
         if row is None:
             raise not_found("API key", request.name)
-        self._deps.authenticator.forget_api_key(key_id)
+        await self._deps.authenticator.forget_api_key(row.secret_hash)
         return empty_pb2.Empty()
 
 
