@@ -128,6 +128,10 @@ class RedisLink:
     async def _probe_loop(self) -> None:
         while True:
             await self._down.wait()
+            # Connections opened before the failure may be dead (a restarted Redis):
+            # drop them all, so the first calls after the recovery do not fail on them.
+            with contextlib.suppress(Exception):
+                await self.client.connection_pool.disconnect()
             await asyncio.sleep(self._backoff)
             if await self._ping():
                 self._mark_up()
