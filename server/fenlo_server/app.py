@@ -48,6 +48,7 @@ from fenlo_server.interceptors.auth import AuthInterceptor
 from fenlo_server.interceptors.errors import ErrorInterceptor
 from fenlo_server.interceptors.observability import ObservabilityInterceptor
 from fenlo_server.interceptors.ratelimit import RateLimitInterceptor
+from fenlo_server.invalidation import Invalidations
 from fenlo_server.jobs.arq_worker import ArqQueue
 from fenlo_server.jobs.factory import build_ingestor
 from fenlo_server.jobs.ingestion import InProcessQueue, JobQueue
@@ -56,13 +57,17 @@ from fenlo_server.knowledge.factory import build_embedders, build_external_store
 from fenlo_server.knowledge.types import Embedder
 from fenlo_server.lifecycle import DataLifecycle
 from fenlo_server.llm.factory import build_router
-from fenlo_server.locks import LocalConversationLocks
+from fenlo_server.locks import ConversationLocks, LocalConversationLocks, RedisConversationLocks
 from fenlo_server.pagination import PageTokens
 from fenlo_server.pipeline.analysis import guard_semantic
 from fenlo_server.pipeline.registry import StepRegistry
 from fenlo_server.pipeline.services import TurnServices
 from fenlo_server.pipeline.steps import register_builtin
+from fenlo_server.ratelimit.base import RateLimiter
 from fenlo_server.ratelimit.local import LocalRateLimiter
+from fenlo_server.ratelimit.redis import RedisRateLimiter
+from fenlo_server.ratelimit.shared import SharedRateLimiter
+from fenlo_server.redis_link import RedisLink
 from fenlo_server.storage import migrate
 from fenlo_server.storage.db import Database
 from fenlo_server.storage.knowledge import SqlKnowledgeStore
@@ -78,6 +83,9 @@ SERVICES = (
     lead_pb2.DESCRIPTOR.services_by_name["LeadService"].full_name,
     analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name,
 )
+# A health entry of its own, only when Redis is configured: SERVING while Redis
+# answers, NOT_SERVING while the server runs on local state ("" stays SERVING).
+REDIS_HEALTH = "fenlo.dependency.redis"
 
 
 def build_token_service(settings: Settings) -> TokenService:
@@ -216,6 +224,16 @@ class FenloApp:
         else:
             page_secret = secrets_store.load_or_create(settings.data_dir / "page-token.secret")
         self.redis = _redis_client(settings.redis_url) if settings.redis_url else None
+        self.redis_link = (
+            RedisLink(
+                self.redis,
+                retry_min=min(0.5, settings.redis_retry_seconds),
+                retry_max=settings.redis_retry_seconds,
+            )
+            if self.redis is not None
+            else None
+        )
+        self.invalidations = Invalidations(self.redis_link)
         self.llm = build_router(settings, redis=self.redis)
         self.embedders = embedders if embedders is not None else build_embedders(settings)
         self.external_store = build_external_store(settings)
@@ -232,9 +250,30 @@ class FenloApp:
             if settings.redis_url
             else self.local_jobs
         )
-        self.limiter = LocalRateLimiter()
-        self.directory = WorkspaceDirectory(db, settings)
-        self.authenticator = Authenticator(self.tokens, db, settings.cache_ttl_seconds)
+        link = self.redis_link
+        self.limiter: RateLimiter = LocalRateLimiter()
+        self.locks: ConversationLocks = LocalConversationLocks()
+        if link is not None:
+            self.limiter = SharedRateLimiter(
+                RedisRateLimiter(link.client, lease_seconds=settings.redis_lease_seconds),
+                link,
+                LocalRateLimiter(),
+            )
+            self.locks = RedisConversationLocks(link, LocalConversationLocks())
+            indexes = self.knowledge.indexes
+            self.invalidations.on("knowledge", indexes.check_soon)
+            indexes.on_invalidate = lambda ws: self.invalidations.publish_soon("knowledge", ws)
+        self.directory = WorkspaceDirectory(
+            db, settings, redis=link, invalidations=self.invalidations
+        )
+        self.authenticator = Authenticator(
+            self.tokens,
+            db,
+            settings.cache_ttl_seconds,
+            redis=link,
+            redis_ttl=settings.redis_cache_ttl_seconds,
+            invalidations=self.invalidations,
+        )
         self.steps = StepRegistry()
         register_builtin(self.steps)
         self.steps.load_entry_points()
@@ -249,7 +288,7 @@ class FenloApp:
             knowledge=self.knowledge,
             jobs=self.jobs,
             external_store=self.external_store,
-            locks=LocalConversationLocks(),
+            locks=self.locks,
             steps=self.steps,
         )
         self.turn_services = TurnServices(
@@ -342,6 +381,7 @@ class FenloApp:
         self._metrics: metrics.MetricsEndpoint | None = None
         self._stopping: asyncio.Task[None] | None = None
         self._warming: list[asyncio.Task[None]] = []
+        self._health_updates: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def create(
@@ -371,6 +411,11 @@ class FenloApp:
         ]
         for service in ("", *SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if self.redis_link is not None:
+            await self.redis_link.start()
+            await self.health.set(REDIS_HEALTH, _serving(self.redis_link.available))
+            self.redis_link.on_change(self._redis_changed)
+            self.invalidations.start()
         if self.settings.metrics_port:
             try:
                 self._metrics = metrics.serve_metrics(
@@ -434,6 +479,11 @@ class FenloApp:
             task.cancel()
         await self.authenticator.drain()
         await self.db.dispose()
+        await self.invalidations.close()
+        if isinstance(self.limiter, SharedRateLimiter):
+            await self.limiter.drain()
+        if self.redis_link is not None:
+            await self.redis_link.close()
         if self.redis is not None:
             await self.redis.aclose()
         if self._metrics is not None:
@@ -442,5 +492,16 @@ class FenloApp:
             self._metrics = None
         log.info("stopped", extra={"seconds": round(time.monotonic() - started, 3)})
 
+    def _redis_changed(self, up: bool) -> None:
+        task = asyncio.get_running_loop().create_task(self.health.set(REDIS_HEALTH, _serving(up)))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
+
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
+
+
+def _serving(up: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+    return (
+        health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+    )

@@ -1,15 +1,23 @@
-"""A small in-process TTL cache with explicit invalidation.
+"""Caches: an in-process TTL layer, with a Redis layer under it when configured.
 
-The issue "Events, Redis and graceful degradation" puts a Redis layer under it
-and invalidates across replicas; until then entries live ``ttl`` seconds.
+:class:`TtlCache` is the in-process layer. :class:`LayeredCache` reads it, then
+Redis, then the loader (the database), and writes what it loaded through to
+both. Its invalidation drops the local entry, deletes the Redis entry and
+publishes the invalidation on ``fenlo:invalidate`` so every replica drops its
+local entry too (see ``invalidation.py``). Redis trouble never fails a read: a
+Redis error counts as a miss and the loader answers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
+
+from fenlo_server.invalidation import Invalidations
+from fenlo_server.redis_link import RedisLink, RedisUnavailable
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -56,3 +64,97 @@ class TtlCache(Generic[K, V]):
             if value is not None:
                 self.put(key, value)
         return value
+
+
+COMPONENT = "cache"
+
+
+class RedisLayer(Generic[V]):
+    """Values of one kind in Redis under ``fenlo:cache:<kind>:<key>``, as text.
+
+    Whatever is put here must not be a secret: callers key secrets by a hash
+    and store only what a lookup returns.
+    """
+
+    def __init__(
+        self,
+        link: RedisLink,
+        kind: str,
+        ttl: float,
+        encode: Callable[[V], str],
+        decode: Callable[[str], V],
+    ) -> None:
+        self._link = link
+        self._prefix = f"fenlo:cache:{kind}:"
+        self._ttl_ms = max(int(ttl * 1000), 1)
+        self._encode = encode
+        self._decode = decode
+
+    async def get(self, key: str) -> V | None:
+        client = self._link.client
+        try:
+            raw = await self._link.call(COMPONENT, lambda: client.get(self._prefix + key))
+        except RedisUnavailable:
+            return None
+        if raw is None:
+            return None
+        try:
+            return self._decode(raw.decode() if isinstance(raw, bytes) else str(raw))
+        except Exception:  # an entry of another version: load it afresh
+            return None
+
+    async def put(self, key: str, value: V) -> None:
+        client = self._link.client
+        text = self._encode(value)
+        with contextlib.suppress(RedisUnavailable):
+            await self._link.call(
+                COMPONENT, lambda: client.set(self._prefix + key, text, px=self._ttl_ms)
+            )
+
+    async def delete(self, key: str) -> None:
+        client = self._link.client
+        with contextlib.suppress(RedisUnavailable):
+            await self._link.call(COMPONENT, lambda: client.delete(self._prefix + key))
+
+
+class LayeredCache(Generic[V]):
+    """Local layer, then the optional Redis layer, then the loader; invalidated everywhere."""
+
+    def __init__(
+        self,
+        kind: str,
+        local: TtlCache[str, V],
+        redis: RedisLayer[V] | None = None,
+        invalidations: Invalidations | None = None,
+    ) -> None:
+        self.kind = kind
+        self.local = local
+        self.redis = redis
+        self._invalidations = invalidations
+        if invalidations is not None:
+            invalidations.on(kind, local.invalidate)
+            invalidations.on_reset(local.clear)
+
+    async def get_or_load(self, key: str, load: Callable[[], Awaitable[V | None]]) -> V | None:
+        value = self.local.get(key)
+        if value is not None:
+            return value
+        if self.redis is not None:
+            value = await self.redis.get(key)
+            if value is not None:
+                self.local.put(key, value)
+                return value
+        value = await load()
+        if value is not None:
+            self.local.put(key, value)
+            if self.redis is not None:
+                await self.redis.put(key, value)
+        return value
+
+    async def invalidate(self, key: str) -> None:
+        """Drop ``key`` here, in Redis and on every other replica."""
+        self.local.invalidate(key)
+        if self.redis is not None:
+            await self.redis.delete(key)
+        if self._invalidations is not None:
+            await self._invalidations.publish(self.kind, key)

@@ -37,8 +37,9 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         None,
-        description="Redis URL (redis://host:6379/0). Shares circuit-breaker state between "
-        "replicas; unset keeps it in-process. The server runs on when Redis goes away.",
+        description="Redis URL (redis://host:6379/0). Shares rate limits, conversation locks, "
+        "the cache, cache invalidations and circuit-breaker state between replicas; unset "
+        "keeps them in-process. The server runs on (locally) when Redis goes away.",
     )
 
     jwt_secret: SecretStr | None = Field(
@@ -132,6 +133,24 @@ class Settings(BaseSettings):
         8000, ge=1, description="Longest user message a Chat turn accepts."
     )
     cache_ttl_seconds: float = Field(5.0, ge=0, description="In-process cache lifetime.")
+    redis_cache_ttl_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Lifetime of the Redis cache layer (workspace settings, API-key lookups); "
+        "changes invalidate it at once, the lifetime bounds what a lost invalidation can cost.",
+    )
+    redis_lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A concurrent-stream slot held in Redis lasts this long unless renewed "
+        "(its holder renews it every third of it), so a dead server frees its slots.",
+    )
+    redis_retry_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="While Redis is down, the longest wait between reconnect attempts "
+        "(from 0.5 s, doubling); requests meanwhile use in-process state.",
+    )
 
     groq_api_key: SecretStr | None = Field(
         None,

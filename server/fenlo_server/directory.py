@@ -1,15 +1,23 @@
-"""Cached facts about workspaces that every request needs: existence and quotas."""
+"""Cached facts about workspaces that every request needs: existence and quotas.
+
+Cached in-process and (with Redis) in Redis under ``fenlo:cache:workspace:<id>``;
+an update or a delete invalidates both on every replica at once.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from fenlo_server.cache import TtlCache
+from fenlo_server.cache import LayeredCache, RedisLayer, TtlCache
 from fenlo_server.config import Settings
+from fenlo_server.invalidation import Invalidations
+from fenlo_server.redis_link import RedisLink
 from fenlo_server.storage.db import Database
 from fenlo_server.storage.repositories import WorkspaceStore
 
+KIND = "workspace"
 QUOTA_FIELDS = (
     "requests_per_minute",
     "concurrent_chat_streams",
@@ -56,26 +64,50 @@ def effective_quotas(stored: dict[str, Any], settings: Settings) -> Quotas:
     )
 
 
+def _encode(info: WorkspaceInfo) -> str:
+    return json.dumps(
+        {"id": info.workspace_id, "quotas": asdict(info.quotas), "settings": info.settings}
+    )
+
+
+def _decode(text: str) -> WorkspaceInfo:
+    data = json.loads(text)
+    return WorkspaceInfo(str(data["id"]), Quotas(**data["quotas"]), dict(data["settings"]))
+
+
 class WorkspaceDirectory:
-    def __init__(self, db: Database, settings: Settings) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        redis: RedisLink | None = None,
+        invalidations: Invalidations | None = None,
+    ) -> None:
         self._db = db
         self._settings = settings
-        self._cache: TtlCache[str, WorkspaceInfo] = TtlCache(settings.cache_ttl_seconds)
+        layer = (
+            RedisLayer(redis, KIND, settings.redis_cache_ttl_seconds, _encode, _decode)
+            if redis is not None
+            else None
+        )
+        self._cache: LayeredCache[WorkspaceInfo] = LayeredCache(
+            KIND, TtlCache(settings.cache_ttl_seconds), layer, invalidations
+        )
 
     async def get(self, workspace_id: str) -> WorkspaceInfo | None:
         """The workspace's info, or None when it does not exist."""
-        cached = self._cache.get(workspace_id)
-        if cached is not None:
-            return cached
+        return await self._cache.get_or_load(workspace_id, lambda: self._load(workspace_id))
+
+    async def _load(self, workspace_id: str) -> WorkspaceInfo | None:
         async with self._db.workspace(workspace_id) as session:
             row = await WorkspaceStore(session).get(workspace_id)
         if row is None:
             return None
-        info = WorkspaceInfo(
+        return WorkspaceInfo(
             workspace_id, effective_quotas(row.quotas, self._settings), dict(row.settings)
         )
-        self._cache.put(workspace_id, info)
-        return info
 
-    def invalidate(self, workspace_id: str) -> None:
-        self._cache.invalidate(workspace_id)
+    async def invalidate(self, workspace_id: str) -> None:
+        """After a change: drop the workspace's entry here, in Redis and on every replica."""
+        await self._cache.invalidate(workspace_id)

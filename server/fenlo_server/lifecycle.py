@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -108,7 +108,7 @@ class DataLifecycle:
         external_store: VectorStore | None = None,
         external_models: Sequence[str] = (),
         redis: Any = None,
-        forget: Sequence[Callable[[str], None]] = (),
+        forget: Sequence[Callable[[str], Awaitable[None] | None]] = (),
     ) -> None:
         self._db = db
         # A key of its own, derived once, so the hash reveals nothing of the secret.
@@ -182,7 +182,9 @@ class DataLifecycle:
             if not await delete_workspace_rows(session, workspace_id):
                 return False
         for forget in self._forget:
-            forget(workspace_id)
+            done = forget(workspace_id)
+            if done is not None:
+                await done
         ended = self.live.end_workspace(workspace_id) if self.live else 0
         await self._empty_vectors(workspace_id, strict=False)
         keys = await delete_redis_keys(self._redis, workspace_id) if self._redis else 0

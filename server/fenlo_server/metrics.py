@@ -109,3 +109,16 @@ EVENT_STREAM_CATCH_UPS = Counter(
     ["cause"],
     registry=REGISTRY,
 )
+DEPENDENCY_UP = Gauge(
+    "fenlo_dependency_up",
+    "1 while an optional dependency answers, 0 while the server runs without it "
+    "(only dependencies that are configured appear).",
+    ["dependency"],
+    registry=REGISTRY,
+)
+DEPENDENCY_FALLBACKS = Counter(
+    "fenlo_dependency_fallbacks_total",
+    "Operations that used this server's local state because a dependency was down or failed.",
+    ["dependency", "component"],
+    registry=REGISTRY,
+)

@@ -205,7 +205,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             row.settings = settings_to_json(merged.settings)
             row.quotas = quotas_to_json(merged.quotas)
             row = await store.save(row)
-        self._deps.directory.invalidate(workspace_id)
+        await self._deps.directory.invalidate(workspace_id)
         return self._to_proto(row)
 
     async def DeleteWorkspace(
@@ -280,7 +280,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             row = await ApiKeyRepository(session).delete(key_id)
         if row is None:
             raise not_found("API key", request.name)
-        self._deps.authenticator.forget_api_key(key_id)
+        await self._deps.authenticator.forget_api_key(row.secret_hash)
         return empty_pb2.Empty()
 
 

@@ -7,7 +7,9 @@ workspace's version in the same transaction, so before a search the manager
 compares versions (one small query, at most every ``check_interval``
 seconds, or at once after :meth:`IndexManager.invalidate`) and rebuilds the
 index when it changed. That keeps every replica and every worker process in
-step without any message passing; events only make it faster.
+step without any message passing; events only make it faster: with Redis an
+:meth:`IndexManager.invalidate` is also published to the other replicas
+(``on_invalidate``), which check at once instead of within ``check_interval``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -124,6 +127,7 @@ class IndexManager:
         self._ann_threshold = ann_threshold
         self._max = max_workspaces
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self.on_invalidate: Callable[[str], None] | None = None
 
     async def get(self, workspace_id: str) -> WorkspaceIndex | None:
         """The workspace's current index; None when the workspace does not exist."""
@@ -165,7 +169,14 @@ class IndexManager:
         return entry.index
 
     def invalidate(self, workspace_id: str) -> None:
-        """Check the workspace's version before its next search (after a change)."""
+        """After a change here: check the version before the next search, here and
+        (through ``on_invalidate``) on the other replicas."""
+        self.check_soon(workspace_id)
+        if self.on_invalidate is not None:
+            self.on_invalidate(workspace_id)
+
+    def check_soon(self, workspace_id: str) -> None:
+        """Check the workspace's version before its next search."""
         entry = self._entries.get(workspace_id)
         if entry is not None:
             entry.checked = 0.0
