@@ -20,6 +20,8 @@ from fenlo.v1 import (
     conversation_pb2_grpc,
     knowledge_pb2,
     knowledge_pb2_grpc,
+    webhook_pb2,
+    webhook_pb2_grpc,
     workspace_pb2,
     workspace_pb2_grpc,
 )
@@ -28,11 +30,15 @@ from fenlo_server.api.chat import ChatHub, ChatServicer
 from fenlo_server.api.common import Deps
 from fenlo_server.api.conversations import ConversationServicer
 from fenlo_server.api.knowledge import KnowledgeServicer
+from fenlo_server.api.webhooks import WebhookServicer
 from fenlo_server.api.workspaces import WorkspaceServicer
 from fenlo_server.auth.authenticator import Authenticator
 from fenlo_server.auth.tokens import TokenService, load_jwks, load_private_key
 from fenlo_server.config import Settings
 from fenlo_server.directory import WorkspaceDirectory
+from fenlo_server.events.bus import EventBus
+from fenlo_server.events.secret_box import SecretBox
+from fenlo_server.events.webhooks import WebhookDispatcher
 from fenlo_server.interceptors.auth import AuthInterceptor
 from fenlo_server.interceptors.errors import ErrorInterceptor
 from fenlo_server.interceptors.observability import ObservabilityInterceptor
@@ -61,6 +67,7 @@ SERVICES = (
     conversation_pb2.DESCRIPTOR.services_by_name["ConversationService"].full_name,
     chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
     knowledge_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name,
+    webhook_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
 )
 
 
@@ -82,6 +89,15 @@ def build_token_service(settings: Settings) -> TokenService:
         jwks=jwks,
         leeway_seconds=settings.jwt_leeway_seconds,
     )
+
+
+def build_secret_box(settings: Settings) -> SecretBox:
+    """The key that encrypts webhook secrets (shared by the server and the worker)."""
+    if settings.webhook_secret_key is not None:
+        key = settings.webhook_secret_key.get_secret_value().encode()
+    else:
+        key = secrets_store.load_or_create(settings.data_dir / "webhook-secret.key")
+    return SecretBox(key)
 
 
 async def open_database(settings: Settings) -> Database:
@@ -245,6 +261,17 @@ class FenloApp:
             directory=self.directory,
         )
         self.chat_hub = ChatHub()
+        # The event bus every published event reaches (the outbox relay publishes to
+        # it); webhooks subscribe to it.
+        self.events = EventBus()
+        self.webhook_box = build_secret_box(settings)
+        self.webhooks = WebhookDispatcher(
+            db,
+            settings,
+            self.webhook_box,
+            queue=self.jobs if isinstance(self.jobs, ArqQueue) else None,
+        )
+        self.events.subscribe("webhooks", self.webhooks.on_event)
         self.health = HealthServicer()
         self.server = aio.server(
             interceptors=[
@@ -275,6 +302,9 @@ class FenloApp:
         )
         knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server(
             KnowledgeServicer(self.deps), self.server
+        )
+        webhook_pb2_grpc.add_WebhookServiceServicer_to_server(
+            WebhookServicer(self.deps, self.webhook_box), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -309,6 +339,7 @@ class FenloApp:
     async def start(self) -> None:
         await self.server.start()
         self.local_jobs.start()
+        self.webhooks.start()
         loop = asyncio.get_running_loop()
         self._warming = [
             loop.create_task(warm()) for e in self.embedders if (warm := getattr(e, "warm", None))
@@ -362,6 +393,7 @@ class FenloApp:
         # flight get what is left of it.
         await self.server.stop(min(remaining, 1.0) if self.chat_hub.open_sessions else remaining)
         await self.local_jobs.stop()
+        await self.webhooks.stop()
         if isinstance(self.jobs, ArqQueue):
             await self.jobs.close()
         for task in self._warming:

@@ -20,6 +20,7 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
     "curated_answer": re.compile(rf"workspaces/{_ID}/curatedAnswers/{_ID}"),
     "lead": re.compile(rf"workspaces/{_ID}/leads/{_ID}"),
     "webhook": re.compile(rf"workspaces/{_ID}/webhooks/{_ID}"),
+    "delivery": re.compile(rf"workspaces/{_ID}/webhooks/{_ID}/deliveries/{_ID}"),
 }
 _EXAMPLES = {
     "workspace": "workspaces/{workspace}",
@@ -30,6 +31,7 @@ _EXAMPLES = {
     "curated_answer": "workspaces/{workspace}/curatedAnswers/{curated_answer}",
     "lead": "workspaces/{workspace}/leads/{lead}",
     "webhook": "workspaces/{workspace}/webhooks/{webhook}",
+    "delivery": "workspaces/{workspace}/webhooks/{webhook}/deliveries/{delivery}",
 }
 
 
@@ -68,3 +70,11 @@ def conversation(ws: str, conv: str) -> str:
 
 def message(ws: str, conv: str, msg: str) -> str:
     return f"workspaces/{ws}/conversations/{conv}/messages/{msg}"
+
+
+def webhook(ws: str, hook: str) -> str:
+    return f"workspaces/{ws}/webhooks/{hook}"
+
+
+def delivery(ws: str, hook: str, delivery_id: str) -> str:
+    return f"workspaces/{ws}/webhooks/{hook}/deliveries/{delivery_id}"

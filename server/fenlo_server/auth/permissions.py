@@ -20,6 +20,7 @@ _W = "/fenlo.v1.WorkspaceService/"
 _C = "/fenlo.v1.ConversationService/"
 _CHAT = "/fenlo.v1.ChatService/"
 _K = "/fenlo.v1.KnowledgeService/"
+_WH = "/fenlo.v1.WebhookService/"
 
 # Method -> workspace roles allowed (platform_admin is always allowed).
 RPC_ROLES: dict[str, frozenset[str]] = {
@@ -51,6 +52,12 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     _K + "ListCuratedAnswers": STAFF,
     _K + "UpdateCuratedAnswer": ADMIN_ONLY,
     _K + "DeleteCuratedAnswer": ADMIN_ONLY,
+    _WH + "CreateWebhook": ADMIN_ONLY,
+    _WH + "GetWebhook": ADMIN_ONLY,
+    _WH + "ListWebhooks": ADMIN_ONLY,
+    _WH + "UpdateWebhook": ADMIN_ONLY,
+    _WH + "DeleteWebhook": ADMIN_ONLY,
+    _WH + "ListDeliveries": ADMIN_ONLY,
 }
 
 # Field paths of an update that only a platform admin may change.
