@@ -1,6 +1,6 @@
 """Which webhook URLs may be called: http(s) only, and (unless the operator allows
-it) no host that resolves to a private, loopback, link-local, multicast, reserved
-or unspecified address. Checked when a webhook is created or updated and again
+it) no host that resolves to a private, loopback, link-local, multicast, reserved,
+unspecified or otherwise non-public address. Checked when a webhook is created or updated and again
 before every request, against the addresses the request then connects to, so a
 name that later resolves elsewhere (DNS rebinding) is caught too.
 """
@@ -67,6 +67,8 @@ def refused_reason(address: IpAddress) -> str | None:
     ):
         if flag:
             return f"resolves to a {kind} address ({address}), which webhooks may not call"
+    if not address.is_global:  # shared (CGNAT), benchmarking and other special ranges
+        return f"resolves to a non-public address ({address}), which webhooks may not call"
     return None
 
 
