@@ -711,3 +711,66 @@ async def test_pending_deliveries_resume_after_a_restart(
     last = receiver.got()[-1]
     # The new server decrypted the secret with the key kept in the data directory.
     assert documented_verify()(created.secret, last.headers, last.body)
+
+
+# ---------------------------------------------------------------- ARQ
+
+
+async def test_arq_workers_deliver_when_redis_is_configured(
+    redis_url: str, sqlite_template: Path, tmp_path: Path, receiver: Receiver
+) -> None:
+    from arq.worker import Worker
+
+    from fenlo_server.jobs.arq_worker import worker_settings
+    from tests.conftest import _sqlite_url
+
+    url = _sqlite_url(sqlite_template, tmp_path / "db")
+    queue = f"fenlo:test:webhooks:{uuid.uuid4().hex}"
+    settings = make_settings(
+        tmp_path, url, redis_url=redis_url, jobs_queue=queue, kb_embedders="minilm", **FAST
+    )
+    app = await start_app(settings)
+    try:
+        async with Api(app) as api:
+            ws, admin = await api.create_workspace("Arq hooks")
+            created = await create_hook(api, ws, admin, receiver.url)
+            receiver.answer(500, 200)
+            await app.events.publish(event(ws))
+            await asyncio.sleep(0.3)
+            [pending] = await deliveries(api, admin, created.webhook.name)
+            assert pending.state == H.DELIVERY_STATE_PENDING  # the server did not send it
+            assert receiver.got() == []
+            options = worker_settings(settings)
+            options.update(burst=True, poll_delay=0.05, handle_signals=False)
+            worker = Worker(**options)
+            try:
+                await asyncio.wait_for(worker.async_run(), 60)
+            finally:
+                await worker.close()
+            [delivery] = await deliveries(api, admin, created.webhook.name)
+    finally:
+        await app.stop(grace=0)
+    # The worker made the first attempt and its queued retry.
+    assert delivery.state == H.DELIVERY_STATE_SUCCEEDED
+    assert [a.status_code for a in delivery.attempts] == [500, 200]
+    verify = documented_verify()
+    assert all(verify(created.secret, r.headers, r.body) for r in receiver.got())
+
+
+async def test_redis_refusing_a_delivery_sends_it_from_the_server(
+    sqlite_template: Path, tmp_path: Path, receiver: Receiver
+) -> None:
+    from tests.conftest import _sqlite_url
+
+    url = _sqlite_url(sqlite_template, tmp_path / "db")
+    app = await fast_app(tmp_path, url, redis_url="redis://127.0.0.1:1/0", kb_embedders="minilm")
+    try:
+        async with Api(app) as api:
+            ws, admin = await api.create_workspace("No Redis")
+            created = await create_hook(api, ws, admin, receiver.url)
+            await app.events.publish(event(ws))
+            [delivery] = await wait_final(api, admin, created.webhook.name)
+    finally:
+        await app.stop(grace=0)
+    assert delivery.state == H.DELIVERY_STATE_SUCCEEDED
+    assert len(receiver.got()) == 1

@@ -62,8 +62,8 @@ def refused_reason(address: IpAddress) -> str | None:
         ("link-local", address.is_link_local),
         ("multicast", address.is_multicast),
         ("unspecified", address.is_unspecified),
-        ("private", address.is_private),
         ("reserved", address.is_reserved),
+        ("private", address.is_private),
     ):
         if flag:
             return f"resolves to a {kind} address ({address}), which webhooks may not call"
