@@ -671,6 +671,31 @@ async def test_send_time_check_refuses_a_url_that_became_private(
     assert receiver.got() == []
 
 
+async def test_a_changed_key_fails_the_delivery_instead_of_retrying_forever(
+    sqlite_template: Path, tmp_path: Path, receiver: Receiver
+) -> None:
+    from tests.conftest import _sqlite_url
+
+    url = _sqlite_url(sqlite_template, tmp_path / "db")
+    app = await fast_app(tmp_path, url)
+    try:
+        async with Api(app) as api:
+            ws, admin = await api.create_workspace("Key change")
+            created = await create_hook(api, ws, admin, receiver.url)
+    finally:
+        await app.stop(grace=0)
+    other_key = await fast_app(tmp_path, url, webhook_secret_key="another-key-" + "x" * 20)
+    try:
+        async with Api(other_key) as api:
+            await other_key.events.publish(event(ws))
+            [delivery] = await wait_final(api, admin, created.webhook.name)
+    finally:
+        await other_key.stop(grace=0)
+    assert delivery.state == H.DELIVERY_STATE_FAILED and delivery.attempt_count == 1
+    assert "cannot be decrypted" in delivery.last_error
+    assert receiver.got() == []
+
+
 # ---------------------------------------------------------------- restart
 
 

@@ -144,7 +144,13 @@ class WebhookDispatcher:
                 timeout=httpx.Timeout(self._settings.webhook_timeout_seconds),
                 follow_redirects=False,
                 trust_env=False,
-                limits=httpx.Limits(max_connections=self._settings.webhook_concurrency),
+                # No kept-alive connections: requests are pinned to an IP address,
+                # and a pooled TLS connection to that address may have been opened
+                # (and its certificate checked) for another host name.
+                limits=httpx.Limits(
+                    max_connections=self._settings.webhook_concurrency,
+                    max_keepalive_connections=0,
+                ),
             )
         return self._client
 
@@ -276,10 +282,18 @@ class WebhookDispatcher:
                 await repo.release(delivery_id)
                 return "disabled"
         attempt = row.attempt_count + 1
-        secret = self._box.decrypt(hook.secret_ciphertext, hook.id)
         started = utcnow()
         clock = time.perf_counter()
-        outcome = await self._send(hook.id, hook.url, row, secret, started)
+        try:
+            secret = self._box.decrypt(hook.secret_ciphertext, hook.id)
+        except Exception:
+            # The key changed (FENLO_WEBHOOK_SECRET_KEY, or a lost data directory):
+            # no retry can sign this request.
+            outcome = Outcome(
+                0, "the webhook's secret cannot be decrypted with the configured key", True
+            )
+        else:
+            outcome = await self._send(hook.id, hook.url, row, secret, started)
         duration_ms = round((time.perf_counter() - clock) * 1000, 1)
         next_time: datetime | None = None
         if 200 <= outcome.status_code < 300:
