@@ -118,6 +118,7 @@ class WebhookDispatcher:
         self._slots = asyncio.Semaphore(settings.webhook_concurrency)
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -125,14 +126,20 @@ class WebhookDispatcher:
         if self._scheduler and self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(self._run())
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 1.0) -> None:
+        """Stop looking for deliveries; give attempts in flight ``grace`` seconds to
+        finish (one cut short is made again once its lease runs out)."""
+        self._stopping = True
+        self._wake.set()
         tasks = list(self._in_flight.values())
         if self._loop_task is not None:
             tasks.append(self._loop_task)
             self._loop_task = None
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         self._in_flight.clear()
         if self._client is not None:
             await self._client.aclose()
@@ -215,7 +222,7 @@ class WebhookDispatcher:
     # ------------------------------------------------------------ the in-process scheduler
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
                 await self.run_due()
@@ -246,7 +253,7 @@ class WebhookDispatcher:
         return started
 
     def _spawn(self, workspace_id: str, delivery_id: str) -> None:
-        if delivery_id in self._in_flight:
+        if delivery_id in self._in_flight or self._stopping:
             return
         task = asyncio.get_running_loop().create_task(self._guarded(workspace_id, delivery_id))
         self._in_flight[delivery_id] = task
