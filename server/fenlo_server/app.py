@@ -26,6 +26,8 @@ from fenlo.v1 import (
     knowledge_pb2_grpc,
     lead_pb2,
     lead_pb2_grpc,
+    webhook_pb2,
+    webhook_pb2_grpc,
     workspace_pb2,
     workspace_pb2_grpc,
 )
@@ -37,6 +39,7 @@ from fenlo_server.api.conversations import ConversationServicer
 from fenlo_server.api.events import EventServicer, EventStreams
 from fenlo_server.api.knowledge import KnowledgeServicer
 from fenlo_server.api.leads import LeadServicer
+from fenlo_server.api.webhooks import WebhookServicer
 from fenlo_server.api.workspaces import WorkspaceServicer
 from fenlo_server.auth.authenticator import Authenticator
 from fenlo_server.auth.tokens import TokenService, load_jwks, load_private_key
@@ -44,6 +47,8 @@ from fenlo_server.config import Settings
 from fenlo_server.directory import WorkspaceDirectory
 from fenlo_server.events.bus import EventBus
 from fenlo_server.events.relay import OutboxRelay
+from fenlo_server.events.secret_box import SecretBox
+from fenlo_server.events.webhooks import WebhookDispatcher
 from fenlo_server.interceptors.auth import AuthInterceptor
 from fenlo_server.interceptors.errors import ErrorInterceptor
 from fenlo_server.interceptors.observability import ObservabilityInterceptor
@@ -82,6 +87,7 @@ SERVICES = (
     event_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
     lead_pb2.DESCRIPTOR.services_by_name["LeadService"].full_name,
     analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name,
+    webhook_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
 )
 # A health entry of its own, only when Redis is configured: SERVING while Redis
 # answers, NOT_SERVING while the server runs on local state ("" stays SERVING).
@@ -106,6 +112,15 @@ def build_token_service(settings: Settings) -> TokenService:
         jwks=jwks,
         leeway_seconds=settings.jwt_leeway_seconds,
     )
+
+
+def build_secret_box(settings: Settings) -> SecretBox:
+    """The key that encrypts webhook secrets (shared by the server and the worker)."""
+    if settings.webhook_secret_key is not None:
+        key = settings.webhook_secret_key.get_secret_value().encode()
+    else:
+        key = secrets_store.load_or_create(settings.data_dir / "webhook-secret.key")
+    return SecretBox(key)
 
 
 async def open_database(settings: Settings) -> Database:
@@ -326,6 +341,14 @@ class FenloApp:
             0.0 if settings.redis_url else settings.retention_interval_seconds,
             RetentionLimits(settings.retention_batch_size, settings.retention_max_batches),
         )
+        self.webhook_box = build_secret_box(settings)
+        self.webhooks = WebhookDispatcher(
+            db,
+            settings,
+            self.webhook_box,
+            queue=self.jobs if isinstance(self.jobs, ArqQueue) else None,
+        )
+        self.bus.subscribe("webhooks", self.webhooks.on_event)
         self.health = HealthServicer()
         self.server = aio.server(
             interceptors=[
@@ -364,6 +387,9 @@ class FenloApp:
         analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
             AnalyticsServicer(self.deps), self.server
         )
+        webhook_pb2_grpc.add_WebhookServiceServicer_to_server(
+            WebhookServicer(self.deps, self.webhook_box), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
@@ -400,6 +426,7 @@ class FenloApp:
         self.local_jobs.start()
         self.relay.start()
         self.retention.start()
+        self.webhooks.start()
         loop = asyncio.get_running_loop()
         self._warming = [
             loop.create_task(warm()) for e in self.embedders if (warm := getattr(e, "warm", None))
@@ -473,6 +500,7 @@ class FenloApp:
             await asyncio.wait_for(self.relay.drain(), 1.0)
         self.db.on_events_committed = None
         await self.retention.stop()
+        await self.webhooks.stop()
         if isinstance(self.jobs, ArqQueue):
             await self.jobs.close()
         for task in self._warming:

@@ -335,6 +335,41 @@ class Settings(BaseSettings):
         "and run; the rest waits for the next run.",
     )
 
+    webhook_secret_key: SecretStr | None = Field(
+        None,
+        description="Key that encrypts webhook signing secrets at rest (any long random "
+        "string). Default: generated in the data directory (set it explicitly when several "
+        "replicas share a database).",
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow webhook URLs whose host resolves to a private, loopback, "
+        "link-local, multicast or unspecified address (checked on create, update and send).",
+    )
+    webhook_timeout_seconds: float = Field(
+        5.0, gt=0, le=60, description="How long one webhook attempt may take."
+    )
+    webhook_max_attempts: int = Field(
+        8, ge=1, le=100, description="Attempts of a delivery before it is dead-lettered."
+    )
+    webhook_retry_base_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Retry n waits a random time up to base * 2^(n-1) seconds (full jitter).",
+    )
+    webhook_retry_max_seconds: float = Field(
+        3600.0, gt=0, description="The longest wait between two attempts of a delivery."
+    )
+    webhook_poll_seconds: float = Field(
+        1.0, gt=0, description="How often the in-process scheduler looks for due deliveries."
+    )
+    webhook_concurrency: int = Field(
+        8, ge=1, le=256, description="Webhook requests in flight at once (per process)."
+    )
+    webhook_disable_on_gone: bool = Field(
+        True, description="Disable a webhook whose endpoint answers 410 Gone."
+    )
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

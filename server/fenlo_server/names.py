@@ -20,6 +20,7 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
     "curated_answer": re.compile(rf"workspaces/{_ID}/curatedAnswers/{_ID}"),
     "lead": re.compile(rf"workspaces/{_ID}/leads/{_ID}"),
     "webhook": re.compile(rf"workspaces/{_ID}/webhooks/{_ID}"),
+    "delivery": re.compile(rf"workspaces/{_ID}/webhooks/{_ID}/deliveries/{_ID}"),
 }
 _EXAMPLES = {
     "workspace": "workspaces/{workspace}",
@@ -30,6 +31,7 @@ _EXAMPLES = {
     "curated_answer": "workspaces/{workspace}/curatedAnswers/{curated_answer}",
     "lead": "workspaces/{workspace}/leads/{lead}",
     "webhook": "workspaces/{workspace}/webhooks/{webhook}",
+    "delivery": "workspaces/{workspace}/webhooks/{webhook}/deliveries/{delivery}",
 }
 
 
@@ -76,3 +78,11 @@ def document(ws: str, doc: str) -> str:
 
 def event(ws: str, event_id: str) -> str:
     return f"workspaces/{ws}/events/{event_id}"
+
+
+def webhook(ws: str, hook: str) -> str:
+    return f"workspaces/{ws}/webhooks/{hook}"
+
+
+def delivery(ws: str, hook: str, delivery_id: str) -> str:
+    return f"workspaces/{ws}/webhooks/{hook}/deliveries/{delivery_id}"

@@ -39,6 +39,8 @@ from fenlo.v1 import (
     knowledge_pb2_grpc,
     lead_pb2,
     lead_pb2_grpc,
+    webhook_pb2,
+    webhook_pb2_grpc,
     workspace_pb2,
 )
 from fenlo_server.auth.permissions import RPC_ROLES
@@ -51,7 +53,26 @@ KB = "/fenlo.v1.KnowledgeService/"
 EV = "/fenlo.v1.EventService/"
 LEADS = "/fenlo.v1.LeadService/"
 STATS = "/fenlo.v1.AnalyticsService/"
+WH = "/fenlo.v1.WebhookService/"
 K = knowledge_pb2
+H = webhook_pb2
+# Webhooks of the probes: a public address (so the URL policy accepts it without
+# FENLO_WEBHOOK_ALLOW_PRIVATE), created disabled, so nothing is ever sent to it.
+PROBE_HOOK_URL = "https://1.1.1.1/fenlo-probe"
+
+
+def hooks(api: Api) -> webhook_pb2_grpc.WebhookServiceStub:
+    return webhook_pb2_grpc.WebhookServiceStub(api.channel)
+
+
+async def create_probe_hook(api: Api, md: Metadata, parent: str, note: str = "") -> Any:
+    return await hooks(api).CreateWebhook(
+        H.CreateWebhookRequest(
+            parent=parent,
+            webhook=H.Webhook(url=PROBE_HOOK_URL, enabled=False, description=note),
+        ),
+        metadata=md,
+    )
 
 
 async def first_event(api: Api, md: Metadata, parent: str) -> event_pb2.Event:
@@ -163,6 +184,7 @@ class Target:
     document: str
     curated_answer: str
     lead: str
+    webhook: str
 
     @property
     def workspace(self) -> str:
@@ -581,6 +603,77 @@ CROSS: dict[str, tuple[Probe, ...]] = {
 }
 
 
+CROSS.update(
+    {
+        WH + "CreateWebhook": (
+            Probe(
+                "create",
+                lambda api, md, t: hooks(api).CreateWebhook(
+                    H.CreateWebhookRequest(
+                        parent=t.workspace, webhook=H.Webhook(url=PROBE_HOOK_URL, enabled=False)
+                    ),
+                    metadata=md,
+                ),
+            ),
+        ),
+        WH + "GetWebhook": (
+            Probe(
+                "get",
+                lambda api, md, t: hooks(api).GetWebhook(
+                    H.GetWebhookRequest(name=t.webhook), metadata=md
+                ),
+            ),
+        ),
+        WH + "ListWebhooks": (
+            Probe(
+                "list",
+                lambda api, md, t: hooks(api).ListWebhooks(
+                    H.ListWebhooksRequest(parent=t.workspace), metadata=md
+                ),
+            ),
+        ),
+        WH + "UpdateWebhook": (
+            Probe(
+                "redirect",
+                lambda api, md, t: hooks(api).UpdateWebhook(
+                    H.UpdateWebhookRequest(
+                        webhook=H.Webhook(name=t.webhook, url="https://1.0.0.1/stolen"),
+                        update_mask=mask("url"),
+                    ),
+                    metadata=md,
+                ),
+            ),
+            Probe(
+                "rotate-secret",
+                lambda api, md, t: hooks(api).UpdateWebhook(
+                    H.UpdateWebhookRequest(
+                        webhook=H.Webhook(name=t.webhook, secret="x" * 32),
+                        update_mask=mask("secret"),
+                    ),
+                    metadata=md,
+                ),
+            ),
+        ),
+        WH + "DeleteWebhook": (
+            Probe(
+                "delete",
+                lambda api, md, t: hooks(api).DeleteWebhook(
+                    H.DeleteWebhookRequest(name=t.webhook), metadata=md
+                ),
+            ),
+        ),
+        WH + "ListDeliveries": (
+            Probe(
+                "list",
+                lambda api, md, t: hooks(api).ListDeliveries(
+                    H.ListDeliveriesRequest(parent=t.webhook), metadata=md
+                ),
+            ),
+        ),
+    }
+)
+
+
 def test_cross_workspace_table_covers_every_rpc() -> None:
     missing = contract_methods() - set(CROSS)
     assert not missing, f"add a cross-workspace probe for {sorted(missing)}"
@@ -600,6 +693,7 @@ class Tenant:
     document: str
     curated_answer: str
     lead: str
+    webhook: str
     secrets: list[str]
 
 
@@ -659,6 +753,8 @@ async def make_tenant(api: Api) -> Tenant:
         lead_pb2.ListLeadsRequest(parent=ws_name(workspace_id)), metadata=api.md(admin)
     )
     assert [x.conversation for x in lead.leads] == [conversation.name]
+    hook_note = f"b-webhook-{tag}"
+    hook = await create_probe_hook(api, api.md(admin), ws_name(workspace_id), hook_note)
     return Tenant(
         workspace_id=workspace_id,
         admin=admin,
@@ -667,7 +763,10 @@ async def make_tenant(api: Api) -> Tenant:
         document=document.name,
         curated_answer=curated.name,
         lead=lead.leads[0].name,
+        webhook=hook.webhook.name,
         secrets=[
+            hook.secret,
+            hook_note,
             display,
             prompt,
             contact,
@@ -705,7 +804,13 @@ async def snapshot(api: Api, tenant: Tenant) -> dict[str, Any]:
     for conversation in conversations.conversations:
         conversation.ClearField("update_time")  # a read never changes it, but be safe
     workspace.ClearField("update_time")
+    webhooks = await hooks(api).ListWebhooks(H.ListWebhooksRequest(parent=name), metadata=md)
+    deliveries = await hooks(api).ListDeliveries(
+        H.ListDeliveriesRequest(parent=tenant.webhook), metadata=md
+    )
     return {
+        "webhooks": list(webhooks.webhooks),
+        "deliveries": list(deliveries.deliveries),
         "workspace": workspace,
         "conversations": list(conversations.conversations),
         "keys": [(k.name, k.prefix, list(k.roles)) for k in keys.api_keys],
@@ -745,7 +850,15 @@ async def test_other_workspace_is_unreachable_from_every_rpc(
 
     absent = "zz" + uuid.uuid4().hex[:12]
     if target == "existing":
-        t = Target(b.workspace_id, b.conversation, b.api_key, b.document, b.curated_answer, b.lead)
+        t = Target(
+            b.workspace_id,
+            b.conversation,
+            b.api_key,
+            b.document,
+            b.curated_answer,
+            b.lead,
+            b.webhook,
+        )
     elif target == "missing-in-b":
         base = ws_name(b.workspace_id)
         t = Target(
@@ -755,6 +868,7 @@ async def test_other_workspace_is_unreachable_from_every_rpc(
             f"{base}/documents/{absent}",
             f"{base}/curatedAnswers/{absent}",
             f"{base}/leads/{absent}",
+            f"{base}/webhooks/{absent}",
         )
     else:
         t = Target(
@@ -764,6 +878,7 @@ async def test_other_workspace_is_unreachable_from_every_rpc(
             f"workspaces/{absent}/documents/d1",
             f"workspaces/{absent}/curatedAnswers/a1",
             f"workspaces/{absent}/leads/l1",
+            f"workspaces/{absent}/webhooks/h1",
         )
 
     md = api.md(a_credential)
@@ -845,6 +960,12 @@ CONTRACT_ROLES: dict[str, frozenset[str]] = {
     LEADS + "GetLead": ANY,
     LEADS + "UpdateLead": frozenset({"admin", "agent"}),
     STATS + "GetWorkspaceStats": frozenset({"admin", "service"}),
+    WH + "CreateWebhook": ADMIN,
+    WH + "GetWebhook": ADMIN,
+    WH + "ListWebhooks": ADMIN,
+    WH + "UpdateWebhook": ADMIN,
+    WH + "DeleteWebhook": ADMIN,
+    WH + "ListDeliveries": ADMIN,
 }
 
 
@@ -875,6 +996,8 @@ class Own:
     curated_answer: str
     doomed_curated_answer: str
     lead: str
+    webhook: str
+    doomed_webhook: str
 
     @property
     def workspace(self) -> str:
@@ -1017,6 +1140,25 @@ OWN: dict[str, OwnCall] = {
     STATS + "GetWorkspaceStats": lambda api, md, o: analytics(api).GetWorkspaceStats(
         analytics_pb2.GetWorkspaceStatsRequest(workspace=o.workspace), metadata=md
     ),
+    WH + "CreateWebhook": lambda api, md, o: create_probe_hook(api, md, o.workspace),
+    WH + "GetWebhook": lambda api, md, o: hooks(api).GetWebhook(
+        H.GetWebhookRequest(name=o.webhook), metadata=md
+    ),
+    WH + "ListWebhooks": lambda api, md, o: hooks(api).ListWebhooks(
+        H.ListWebhooksRequest(parent=o.workspace), metadata=md
+    ),
+    WH + "UpdateWebhook": lambda api, md, o: hooks(api).UpdateWebhook(
+        H.UpdateWebhookRequest(
+            webhook=H.Webhook(name=o.webhook, description="New."), update_mask=mask("description")
+        ),
+        metadata=md,
+    ),
+    WH + "DeleteWebhook": lambda api, md, o: hooks(api).DeleteWebhook(
+        H.DeleteWebhookRequest(name=o.doomed_webhook), metadata=md
+    ),
+    WH + "ListDeliveries": lambda api, md, o: hooks(api).ListDeliveries(
+        H.ListDeliveriesRequest(parent=o.webhook), metadata=md
+    ),
     W + "DeleteWorkspace": lambda api, md, o: api.workspaces.DeleteWorkspace(
         workspace_pb2.DeleteWorkspaceRequest(name=o.workspace), metadata=md
     ),
@@ -1064,6 +1206,7 @@ async def make_own(api: Api, display_name: str = "Perms") -> Own:
     lead = await leads(api).ListLeads(
         lead_pb2.ListLeadsRequest(parent=ws_name(workspace_id)), metadata=md
     )
+    webhooks = [await create_probe_hook(api, md, ws_name(workspace_id)) for _ in range(2)]
     return Own(
         workspace_id,
         conversation.name,
@@ -1074,6 +1217,8 @@ async def make_own(api: Api, display_name: str = "Perms") -> Own:
         curated[0].name,
         curated[1].name,
         lead.leads[0].name,
+        webhooks[0].webhook.name,
+        webhooks[1].webhook.name,
     )
 
 

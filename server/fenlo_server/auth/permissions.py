@@ -23,6 +23,7 @@ _K = "/fenlo.v1.KnowledgeService/"
 _E = "/fenlo.v1.EventService/"
 _L = "/fenlo.v1.LeadService/"
 _A = "/fenlo.v1.AnalyticsService/"
+_WH = "/fenlo.v1.WebhookService/"
 
 # Method -> workspace roles allowed (platform_admin is always allowed).
 RPC_ROLES: dict[str, frozenset[str]] = {
@@ -63,6 +64,12 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     _L + "GetLead": STAFF,
     _L + "UpdateLead": frozenset({ADMIN, AGENT}),
     _A + "GetWorkspaceStats": frozenset({ADMIN, SERVICE}),
+    _WH + "CreateWebhook": ADMIN_ONLY,
+    _WH + "GetWebhook": ADMIN_ONLY,
+    _WH + "ListWebhooks": ADMIN_ONLY,
+    _WH + "UpdateWebhook": ADMIN_ONLY,
+    _WH + "DeleteWebhook": ADMIN_ONLY,
+    _WH + "ListDeliveries": ADMIN_ONLY,
 }
 
 # Field paths of an update that only a platform admin may change.

@@ -1,5 +1,5 @@
 """Background jobs on ARQ workers (`fenlo worker`) when Redis is configured:
-document ingestion, and the retention cron job.
+document ingestion, webhook delivery and the retention cron job.
 
 The server enqueues; any number of worker processes run the jobs. Job ids carry
 the document's generation, so a document queued twice runs once. If Redis
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from fenlo_server.config import Settings
@@ -21,6 +22,9 @@ from fenlo_server.jobs.retention import RetentionLimits, run_retention
 log = logging.getLogger("fenlo.jobs")
 INGEST = "ingest_document"
 RETENTION = "retention"
+
+
+DELIVER_WEBHOOK = "deliver_webhook"
 
 
 def redis_settings(url: str) -> Any:
@@ -62,6 +66,28 @@ class ArqQueue:
             )
             self._pool = None
             await self._fallback.enqueue_ingest(workspace_id, document_id, generation)
+
+    async def enqueue_delivery(
+        self, workspace_id: str, delivery_id: str, attempt: int, when: datetime
+    ) -> None:
+        """Queue one webhook attempt for ``when``; raises when Redis cannot take it
+        (the dispatcher then sends it in-process)."""
+        try:
+            if self._pool is None:
+                from arq import create_pool
+
+                self._pool = await create_pool(redis_settings(self._url))
+            await enqueue_delivery(
+                self._pool,
+                self._queue_name,
+                workspace_id=workspace_id,
+                delivery_id=delivery_id,
+                attempt=attempt,
+                when=when,
+            )
+        except Exception:
+            self._pool = None
+            raise
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -111,9 +137,74 @@ def retention_schedule(interval_seconds: float) -> dict[str, Any] | None:
     return {"hour": set(range(0, 24, step)), "minute": 0, "second": 0}
 
 
+async def enqueue_delivery(
+    pool: Any,
+    queue_name: str,
+    *,
+    workspace_id: str,
+    delivery_id: str,
+    attempt: int,
+    when: datetime,
+    job_suffix: str = "",
+) -> None:
+    # One job id per attempt, so an attempt queued twice runs once.
+    await pool.enqueue_job(
+        DELIVER_WEBHOOK,
+        workspace_id,
+        delivery_id,
+        _job_id=f"webhook:{delivery_id}:{attempt}{job_suffix}",
+        _defer_until=when,
+        _queue_name=queue_name,
+    )
+
+
+class _WorkerQueue:
+    """The worker queues the retries of the attempts it makes on its own pool."""
+
+    def __init__(self, pool: Any, queue_name: str) -> None:
+        self._pool = pool
+        self._queue_name = queue_name
+
+    async def enqueue_delivery(
+        self, workspace_id: str, delivery_id: str, attempt: int, when: datetime
+    ) -> None:
+        await enqueue_delivery(
+            self._pool,
+            self._queue_name,
+            workspace_id=workspace_id,
+            delivery_id=delivery_id,
+            attempt=attempt,
+            when=when,
+        )
+
+
+async def deliver_webhook(ctx: dict[str, Any], workspace_id: str, delivery_id: str) -> str:
+    """One attempt of a webhook delivery (its retry is queued by the attempt)."""
+    return str(await ctx["webhooks"].deliver(workspace_id, delivery_id))
+
+
+async def sweep_webhooks(ctx: dict[str, Any]) -> int:
+    """Queue deliveries that are overdue (a lost job, Redis restarted empty, a
+    retry the server could not queue)."""
+    due = await ctx["webhooks"].due(older_than=10.0)
+    suffix = f":sweep:{int(time.time() // 60)}"
+    for workspace_id, delivery_id in due:
+        await enqueue_delivery(
+            ctx["redis"],
+            ctx["queue_name"],
+            workspace_id=workspace_id,
+            delivery_id=delivery_id,
+            attempt=0,
+            when=datetime.now().astimezone(),
+            job_suffix=suffix,
+        )
+    return len(due)
+
+
 def make_startup(settings: Settings) -> Callable[[dict[str, Any]], Awaitable[None]]:
     async def startup(ctx: dict[str, Any]) -> None:
-        from fenlo_server.app import open_database
+        from fenlo_server.app import build_secret_box, open_database
+        from fenlo_server.events.webhooks import WebhookDispatcher
         from fenlo_server.jobs.factory import build_ingestor
 
         ctx["db"] = await open_database(settings)
@@ -121,6 +212,12 @@ def make_startup(settings: Settings) -> Callable[[dict[str, Any]], Awaitable[Non
         ctx["queue_name"] = settings.jobs_queue
         ctx["retention_limits"] = RetentionLimits(
             settings.retention_batch_size, settings.retention_max_batches
+        )
+        ctx["webhooks"] = WebhookDispatcher(
+            ctx["db"],
+            settings,
+            build_secret_box(settings),
+            queue=_WorkerQueue(ctx["redis"], settings.jobs_queue),
         )
         for workspace_id, document_id, generation in await ctx["ingestor"].outdated():
             await ctx["redis"].enqueue_job(
@@ -136,6 +233,9 @@ def make_startup(settings: Settings) -> Callable[[dict[str, Any]], Awaitable[Non
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    webhooks = ctx.get("webhooks")
+    if webhooks is not None:
+        await webhooks.stop()
     db = ctx.get("db")
     if db is not None:
         await db.dispose()
@@ -145,13 +245,25 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
     from arq import cron, func
 
     assert settings.redis_url
-    cron_jobs = [cron(sweep, second={0, 30}, run_at_startup=True)]
+    cron_jobs = [
+        cron(sweep, second={0, 30}, run_at_startup=True),
+        cron(sweep_webhooks, second={5, 15, 25, 35, 45, 55}, run_at_startup=True),
+    ]
     schedule = retention_schedule(settings.retention_interval_seconds)
     if schedule is not None:
         # unique (ARQ's default): one worker runs each scheduled retention run.
         cron_jobs.append(cron(retention, name=RETENTION, timeout=3600, **schedule))
     return {
-        "functions": [func(ingest_document, name=INGEST, max_tries=3, timeout=600)],
+        "functions": [
+            func(ingest_document, name=INGEST, max_tries=3, timeout=600),
+            # Retries are the delivery's own (backoff, dead letter), not ARQ's.
+            func(
+                deliver_webhook,
+                name=DELIVER_WEBHOOK,
+                max_tries=1,
+                timeout=settings.webhook_timeout_seconds * 2 + 5,
+            ),
+        ],
         "cron_jobs": cron_jobs,
         "on_startup": make_startup(settings),
         "on_shutdown": shutdown,

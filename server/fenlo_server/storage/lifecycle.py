@@ -21,6 +21,7 @@ from fenlo_server.storage.models import (
     MessageRow,
     OutboxEventRow,
     TenantScoped,
+    WebhookDeliveryRow,
     WorkspaceRow,
 )
 
@@ -155,6 +156,9 @@ async def delete_events_naming(
             delete(OutboxEventRow).where(or_(*[payload.like(p) for p in batch]))
         )
         deleted += _rowcount(result)
+        # The webhook deliveries of those events keep the body that was sent.
+        body = WebhookDeliveryRow.body
+        await session.execute(delete(WebhookDeliveryRow).where(or_(*[body.like(p) for p in batch])))
     return deleted
 
 

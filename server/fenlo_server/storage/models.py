@@ -345,3 +345,61 @@ class OutboxEventRow(TenantScoped, Base):
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     create_time: Mapped[datetime] = mapped_column(default=utcnow)
     published_time: Mapped[datetime | None] = mapped_column()
+
+
+class WebhookRow(TenantScoped, Base):
+    """A subscription of an endpoint to a workspace's events. The signing secret is
+    kept only encrypted (``events/secret_box.py``)."""
+
+    __tablename__ = "webhooks"
+    __table_args__ = (
+        _workspace_fk(),
+        UniqueConstraint("workspace_id", "request_id", name="uq_webhooks_request"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    event_types: Mapped[list[Any]] = mapped_column(default=list)
+    description: Mapped[str] = mapped_column(String(500), default="")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_reason: Mapped[str] = mapped_column(String(200), default="")
+    secret_ciphertext: Mapped[str] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    create_time: Mapped[datetime] = mapped_column(default=utcnow)
+    update_time: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDeliveryRow(TenantScoped, Base):
+    """One event for one webhook, with the exact body sent and every attempt made.
+
+    Unique by (webhook, event): an event published twice is delivered once."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        _workspace_fk(),
+        ForeignKeyConstraint(["webhook_id"], ["webhooks.id"], ondelete="CASCADE"),
+        UniqueConstraint("webhook_id", "event_id", name="uq_webhook_deliveries_event"),
+        Index("ix_webhook_deliveries_due", "state", "next_attempt_time"),
+        Index("ix_webhook_deliveries_webhook", "webhook_id", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(ID)
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_seq: Mapped[int] = mapped_column(BigInteger)
+    event_type: Mapped[str] = mapped_column(String(64))
+    # The JSON body, fixed when the delivery is created so that every retry sends
+    # the same bytes.
+    body: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_status_code: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    next_attempt_time: Mapped[datetime | None] = mapped_column()
+    # A sender holds the delivery until then, so two senders never send it at once.
+    lease_until: Mapped[datetime | None] = mapped_column()
+    # Every attempt: {attempt, start_time, duration_ms, status_code, error}.
+    attempts: Mapped[list[Any]] = mapped_column(default=list)
+    create_time: Mapped[datetime] = mapped_column(default=utcnow)
+    update_time: Mapped[datetime] = mapped_column(default=utcnow)

@@ -25,12 +25,12 @@ _sym_db = _symbol_database.Default()
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65nlo/v1/resources.proto\x12\x08\x66\x65nlo.v1\x1a\x19google/api/resource.protoB\x97\x01\xea\x41\x41\n\rfenlo.ai/Lead\x12#workspaces/{workspace}/leads/{lead}*\x05leads2\x04lead\xea\x41P\n\x10\x66\x65nlo.ai/Webhook\x12)workspaces/{workspace}/webhooks/{webhook}*\x08webhooks2\x07webhookb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65nlo/v1/resources.proto\x12\x08\x66\x65nlo.v1\x1a\x19google/api/resource.protoBD\xea\x41\x41\n\rfenlo.ai/Lead\x12#workspaces/{workspace}/leads/{lead}*\x05leads2\x04leadb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fenlo.v1.resources_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
-  _globals['DESCRIPTOR']._serialized_options = b'\352AA\n\rfenlo.ai/Lead\022#workspaces/{workspace}/leads/{lead}*\005leads2\004lead\352AP\n\020fenlo.ai/Webhook\022)workspaces/{workspace}/webhooks/{webhook}*\010webhooks2\007webhook'
+  _globals['DESCRIPTOR']._serialized_options = b'\352AA\n\rfenlo.ai/Lead\022#workspaces/{workspace}/leads/{lead}*\005leads2\004lead'
 # @@protoc_insertion_point(module_scope)

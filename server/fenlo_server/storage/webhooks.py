@@ -1,0 +1,234 @@
+"""Webhooks and their deliveries. Repositories are workspace-scoped; the one
+cross-workspace query (which deliveries are due) needs an unscoped session."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fenlo_server.ids import new_id
+from fenlo_server.storage.db import UNSCOPED_KEY
+from fenlo_server.storage.models import WebhookDeliveryRow, WebhookRow, utcnow
+from fenlo_server.storage.repositories import DuplicateRequest, workspace_of
+
+PENDING = "PENDING"
+SUCCEEDED = "SUCCEEDED"
+FAILED = "FAILED"
+DEAD_LETTER = "DEAD_LETTER"
+STATES = (PENDING, SUCCEEDED, FAILED, DEAD_LETTER)
+
+
+class WebhookRepository:
+    """One workspace's webhooks and deliveries."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+        self.workspace_id = workspace_of(session)
+
+    async def create(
+        self,
+        *,
+        webhook_id: str,
+        url: str,
+        event_types: list[str],
+        description: str,
+        enabled: bool,
+        secret_ciphertext: str,
+        request_id: str | None,
+        request_hash: str | None,
+    ) -> WebhookRow:
+        now = utcnow()
+        row = WebhookRow(
+            id=webhook_id,
+            workspace_id=self.workspace_id,
+            url=url,
+            event_types=event_types,
+            description=description,
+            enabled=enabled,
+            disabled_reason="",
+            secret_ciphertext=secret_ciphertext,
+            request_id=request_id,
+            request_hash=request_hash,
+            create_time=now,
+            update_time=now,
+        )
+        self._session.add(row)
+        try:
+            await self._session.flush()
+        except IntegrityError as exc:
+            raise DuplicateRequest from exc
+        return row
+
+    async def find_by_request_id(self, request_id: str) -> WebhookRow | None:
+        result = await self._session.execute(
+            select(WebhookRow).where(WebhookRow.request_id == request_id)
+        )
+        return result.scalar_one_or_none()
+
+    async def get(self, webhook_id: str) -> WebhookRow | None:
+        result = await self._session.execute(select(WebhookRow).where(WebhookRow.id == webhook_id))
+        return result.scalar_one_or_none()
+
+    async def list_page(self, *, limit: int, before_id: str | None) -> list[WebhookRow]:
+        query = select(WebhookRow).order_by(WebhookRow.id.desc()).limit(limit)
+        if before_id is not None:
+            query = query.where(WebhookRow.id < before_id)
+        return list((await self._session.execute(query)).scalars())
+
+    async def enabled_for(self, event_type: str) -> list[WebhookRow]:
+        """The enabled webhooks that subscribe to ``event_type`` (empty types: all)."""
+        query = select(WebhookRow).where(WebhookRow.enabled.is_(True))
+        rows = (await self._session.execute(query)).scalars()
+        return [r for r in rows if not r.event_types or event_type in r.event_types]
+
+    async def save(self, row: WebhookRow) -> WebhookRow:
+        row.update_time = utcnow()
+        await self._session.flush()
+        return row
+
+    async def delete(self, webhook_id: str) -> bool:
+        row = await self.get(webhook_id)
+        if row is None:
+            return False
+        await self._session.delete(row)
+        await self._session.flush()
+        return True
+
+    # Deliveries
+
+    async def add_deliveries(
+        self,
+        webhook_ids: list[str],
+        *,
+        event_id: str,
+        event_seq: int,
+        event_type: str,
+        body: str,
+    ) -> list[WebhookDeliveryRow]:
+        """A PENDING delivery of the event for each webhook that has none yet."""
+        if not webhook_ids:
+            return []
+        existing = set(
+            (
+                await self._session.execute(
+                    select(WebhookDeliveryRow.webhook_id).where(
+                        WebhookDeliveryRow.event_id == event_id,
+                        WebhookDeliveryRow.webhook_id.in_(webhook_ids),
+                    )
+                )
+            ).scalars()
+        )
+        now = utcnow()
+        rows = [
+            WebhookDeliveryRow(
+                id=new_id(),
+                workspace_id=self.workspace_id,
+                webhook_id=webhook_id,
+                event_id=event_id,
+                event_seq=event_seq,
+                event_type=event_type,
+                body=body,
+                state=PENDING,
+                attempt_count=0,
+                last_status_code=0,
+                last_error="",
+                next_attempt_time=now,
+                attempts=[],
+                create_time=now,
+                update_time=now,
+            )
+            for webhook_id in webhook_ids
+            if webhook_id not in existing
+        ]
+        self._session.add_all(rows)
+        await self._session.flush()
+        return rows
+
+    async def get_delivery(self, delivery_id: str) -> WebhookDeliveryRow | None:
+        result = await self._session.execute(
+            select(WebhookDeliveryRow).where(WebhookDeliveryRow.id == delivery_id)
+        )
+        return result.scalar_one_or_none()
+
+    async def list_deliveries(
+        self, webhook_id: str, *, state: str | None, limit: int, before_id: str | None
+    ) -> list[WebhookDeliveryRow]:
+        query = (
+            select(WebhookDeliveryRow)
+            .where(WebhookDeliveryRow.webhook_id == webhook_id)
+            .order_by(WebhookDeliveryRow.id.desc())
+            .limit(limit)
+        )
+        if state is not None:
+            query = query.where(WebhookDeliveryRow.state == state)
+        if before_id is not None:
+            query = query.where(WebhookDeliveryRow.id < before_id)
+        return list((await self._session.execute(query)).scalars())
+
+    async def claim(self, delivery_id: str, now: datetime, lease: timedelta) -> bool:
+        """Take the delivery for one attempt if it is due and nobody holds it."""
+        result = await self._session.execute(
+            update(WebhookDeliveryRow)
+            .where(
+                WebhookDeliveryRow.id == delivery_id,
+                WebhookDeliveryRow.state == PENDING,
+                WebhookDeliveryRow.next_attempt_time <= now,
+                or_(
+                    WebhookDeliveryRow.lease_until.is_(None),
+                    WebhookDeliveryRow.lease_until < now,
+                ),
+            )
+            .values(lease_until=now + lease)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def release(self, delivery_id: str) -> None:
+        await self._session.execute(
+            update(WebhookDeliveryRow)
+            .where(WebhookDeliveryRow.id == delivery_id)
+            .values(lease_until=None)
+            .execution_options(synchronize_session=False)
+        )
+
+    async def record_attempt(
+        self,
+        row: WebhookDeliveryRow,
+        attempt: dict[str, Any],
+        *,
+        state: str,
+        next_attempt_time: datetime | None,
+    ) -> WebhookDeliveryRow:
+        row.attempts = [*row.attempts, attempt]
+        row.attempt_count = attempt["attempt"]
+        row.last_status_code = attempt["status_code"]
+        row.last_error = attempt["error"]
+        row.state = state
+        row.next_attempt_time = next_attempt_time
+        row.lease_until = None
+        row.update_time = utcnow()
+        await self._session.flush()
+        return row
+
+
+async def due_deliveries(session: AsyncSession, now: datetime, limit: int) -> list[tuple[str, str]]:
+    """(workspace id, delivery id) of due, unheld deliveries of enabled webhooks."""
+    if not session.info.get(UNSCOPED_KEY):
+        raise RuntimeError("finding due deliveries needs an unscoped session")
+    result = await session.execute(
+        select(WebhookDeliveryRow.workspace_id, WebhookDeliveryRow.id)
+        .join(WebhookRow, WebhookRow.id == WebhookDeliveryRow.webhook_id)
+        .where(
+            WebhookDeliveryRow.state == PENDING,
+            WebhookDeliveryRow.next_attempt_time <= now,
+            or_(WebhookDeliveryRow.lease_until.is_(None), WebhookDeliveryRow.lease_until < now),
+            WebhookRow.enabled.is_(True),
+        )
+        .order_by(WebhookDeliveryRow.next_attempt_time)
+        .limit(limit)
+    )
+    return [(str(w), str(d)) for w, d in result.all()]
