@@ -157,6 +157,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._drain_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._consumer_redis: Any | None = None
         self._redis_retry_at = 0.0
         self._redis_backoff = _BACKOFF_START
@@ -187,14 +188,29 @@ class OutboxRelay:
             self._tasks.append(loop.create_task(self._consume(), name="event-stream-consumer"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Python 3.11's wait_for (and a Redis read being cancelled) can swallow a
+        # cancellation that races with a wake-up, so the loops also check a flag, and
+        # the tasks are cancelled again until they end (bounded).
+        self._stopping = True
+        self._wake.set()
+        pending = {t for t in self._tasks if not t.done()}
+        for _ in range(50):
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _done, pending = await asyncio.wait(pending, timeout=0.1)
+        if pending:
+            log.warning("event relay tasks did not stop", extra={"tasks": len(pending)})
         self._tasks = []
         if self._consumer_redis is not None:
             with contextlib.suppress(Exception):
                 await self._consumer_redis.aclose()
             self._consumer_redis = None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     @property
     def redis_available(self) -> bool:
@@ -204,9 +220,12 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         poll = self._settings.events_relay_poll_seconds
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), poll)
+                async with asyncio.timeout(poll):
+                    await self._wake.wait()
+            if self.stopping:
+                return
             self._wake.clear()
             try:
                 await self.drain()
@@ -390,7 +409,7 @@ class OutboxRelay:
         last: str | None = None
         reseek = False
         backoff = _BACKOFF_START
-        while True:
+        while not self._stopping:
             try:
                 if last is None:
                     # Start at the end: older events went out before this replica
