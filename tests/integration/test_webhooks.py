@@ -475,7 +475,7 @@ async def test_an_event_published_twice_is_delivered_once(
             assert not await app.bus.publish(twice)  # the bus drops it
             await wait_final(api, admin, created.webhook.name)
             # As if another replica (or the relay after a restart) handed it over again.
-            await app.webhooks.on_event(twice)
+            await app.webhooks.record(twice)
     finally:
         await app.stop(grace=0)
     # A new server on the same database: its bus has never seen the event.

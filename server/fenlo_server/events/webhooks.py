@@ -95,6 +95,10 @@ def backoff_seconds(attempt: int, base: float, cap: float) -> float:
     return random.uniform(0, ceiling)
 
 
+# Events waiting for the recorder task; beyond it, publishers record them themselves.
+INBOX_CAPACITY = 10_000
+
+
 class WebhookDispatcher:
     """Turns events into deliveries and deliveries into requests."""
 
@@ -119,16 +123,30 @@ class WebhookDispatcher:
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Events wait here for the recorder task, so that publishing an event (on the
+        # commit of a chat turn) never waits for the webhooks' database work.
+        self._inbox: asyncio.Queue[PublishedEvent] = asyncio.Queue(INBOX_CAPACITY)
+        self._recorder: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._recorder is None:
+            self._recorder = loop.create_task(self._record_events(), name="webhook-recorder")
         if self._scheduler and self._loop_task is None:
-            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+            self._loop_task = loop.create_task(self._run())
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop looking for deliveries; give attempts in flight ``grace`` seconds to
         finish (one cut short is made again once its lease runs out)."""
+        if self._recorder is not None:
+            # Record what was published before the stop (bounded by ``grace``).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._inbox.join(), grace)
+            self._recorder.cancel()
+            await asyncio.gather(self._recorder, return_exceptions=True)
+            self._recorder = None
         self._stopping = True
         self._wake.set()
         tasks = list(self._in_flight.values())
@@ -164,7 +182,33 @@ class WebhookDispatcher:
     # ------------------------------------------------------------ events -> deliveries
 
     async def on_event(self, event: PublishedEvent) -> None:
-        """Bus subscriber: a delivery of ``event`` for each matching enabled webhook."""
+        """Bus subscriber: hand ``event`` to the recorder task (at once), or record it
+        here when none runs or its queue is full."""
+        if self._recorder is not None and not self._recorder.done():
+            try:
+                self._inbox.put_nowait(event)
+                return
+            except asyncio.QueueFull:
+                pass  # push back on the publisher rather than drop the event
+        await self.record(event)
+
+    async def _record_events(self) -> None:
+        while True:
+            event = await self._inbox.get()
+            try:
+                await self.record(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(
+                    "webhook deliveries not recorded",
+                    extra={"event_id": event.id, "workspace": event.workspace_id},
+                )
+            finally:
+                self._inbox.task_done()
+
+    async def record(self, event: PublishedEvent) -> None:
+        """A delivery of ``event`` for each matching enabled webhook."""
         body = event_body(event)
         created: list[WebhookDeliveryRow] = []
         for attempt in range(2):
