@@ -14,6 +14,7 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from fenlo_server import names
 from fenlo_server.auth.authenticator import Authenticator
 from fenlo_server.auth.principal import Principal, get_principal
 from fenlo_server.auth.tokens import TokenService
@@ -39,6 +40,7 @@ from fenlo_server.storage.db import Database
 from fenlo_server.storage.repositories import DuplicateRequest
 
 T = TypeVar("T")
+Row = TypeVar("Row")
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_KEY = 128
 MAX_METADATA_VALUE = 2048
@@ -111,6 +113,40 @@ def authorize_workspace(workspace_id: str) -> Principal:
             f"the caller's credentials are for another workspace than workspaces/{workspace_id}",
         )
     return principal
+
+
+class _IdPaged(Protocol[Row]):
+    async def list_page(self, *, limit: int, before_id: str | None) -> list[Row]: ...
+
+
+async def list_by_id(
+    deps: Deps,
+    request: Any,
+    method: str,
+    repository: Callable[[AsyncSession], _IdPaged[Row]],
+) -> tuple[str, list[Row], str]:
+    """One page of a List method over a workspace's resources, newest id first:
+    ``request`` has ``parent``, ``page_size`` and ``page_token``; returns the
+    workspace id, the rows and the next page's token."""
+    workspace_id = names.workspace_id(request.parent, "parent")
+    principal = authorize_workspace(workspace_id)
+    pager = Pager(
+        deps,
+        principal,
+        request.page_size,
+        request.page_token,
+        {"method": method, "parent": request.parent},
+    )
+    async with deps.db.workspace(workspace_id) as session:
+        rows = await repository(session).list_page(
+            limit=pager.limit, before_id=pager.cursor.get("id")
+        )
+    page, token = pager.finish(rows, _id_cursor)
+    return workspace_id, page, token
+
+
+def _id_cursor(row: Any) -> dict[str, Any]:
+    return {"id": row.id}
 
 
 def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:

@@ -20,6 +20,7 @@ from fenlo_server.api.common import (
     authorize_workspace,
     check_text,
     create_once,
+    list_by_id,
     request_hash,
     request_id_of,
     to_timestamp,
@@ -364,20 +365,9 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     async def ListCuratedAnswers(
         self, request: knowledge_pb2.ListCuratedAnswersRequest, context: Ctx
     ) -> knowledge_pb2.ListCuratedAnswersResponse:
-        workspace_id = names.workspace_id(request.parent, "parent")
-        principal = authorize_workspace(workspace_id)
-        pager = Pager(
-            self._deps,
-            principal,
-            request.page_size,
-            request.page_token,
-            {"method": "ListCuratedAnswers", "parent": request.parent},
+        workspace_id, rows, token = await list_by_id(
+            self._deps, request, "ListCuratedAnswers", CuratedAnswerRepository
         )
-        async with self._deps.db.workspace(workspace_id) as session:
-            rows = await CuratedAnswerRepository(session).list_page(
-                limit=pager.limit, before_id=pager.cursor.get("id")
-            )
-        rows, token = pager.finish(rows, lambda row: {"id": row.id})
         return K.ListCuratedAnswersResponse(
             curated_answers=[curated_to_proto(workspace_id, r) for r in rows],
             next_page_token=token,

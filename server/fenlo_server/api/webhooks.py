@@ -17,6 +17,7 @@ from fenlo_server.api.common import (
     authorize_workspace,
     check_text,
     create_once,
+    list_by_id,
     request_hash,
     request_id_of,
     to_timestamp,
@@ -143,20 +144,7 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
     async def ListWebhooks(
         self, request: webhook_pb2.ListWebhooksRequest, context: Ctx
     ) -> webhook_pb2.ListWebhooksResponse:
-        workspace_id = names.workspace_id(request.parent, "parent")
-        principal = authorize_workspace(workspace_id)
-        pager = Pager(
-            self._deps,
-            principal,
-            request.page_size,
-            request.page_token,
-            {"method": "ListWebhooks", "parent": request.parent},
-        )
-        async with self._deps.db.workspace(workspace_id) as session:
-            rows = await WebhookRepository(session).list_page(
-                limit=pager.limit, before_id=pager.cursor.get("id")
-            )
-        rows, token = pager.finish(rows, lambda row: {"id": row.id})
+        _, rows, token = await list_by_id(self._deps, request, "ListWebhooks", WebhookRepository)
         return webhook_pb2.ListWebhooksResponse(
             webhooks=[_to_proto(r) for r in rows], next_page_token=token
         )

@@ -16,6 +16,7 @@ from fenlo_server.api.common import (
     authorize_workspace,
     check_text,
     create_once,
+    list_by_id,
     request_hash,
     request_id_of,
     to_timestamp,
@@ -253,20 +254,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
     async def ListApiKeys(
         self, request: workspace_pb2.ListApiKeysRequest, context: Ctx
     ) -> workspace_pb2.ListApiKeysResponse:
-        workspace_id = names.workspace_id(request.parent, "parent")
-        principal = authorize_workspace(workspace_id)
-        pager = Pager(
-            self._deps,
-            principal,
-            request.page_size,
-            request.page_token,
-            {"method": "ListApiKeys", "parent": request.parent},
-        )
-        async with self._deps.db.workspace(workspace_id) as session:
-            rows = await ApiKeyRepository(session).list_page(
-                limit=pager.limit, before_id=pager.cursor.get("id")
-            )
-        rows, token = pager.finish(rows, lambda row: {"id": row.id})
+        _, rows, token = await list_by_id(self._deps, request, "ListApiKeys", ApiKeyRepository)
         return workspace_pb2.ListApiKeysResponse(
             api_keys=[_key_to_proto(r) for r in rows], next_page_token=token
         )
