@@ -136,6 +136,11 @@ def event_from_fields(fields: dict[str, str]) -> PublishedEvent:
     )
 
 
+# How long stop() lets the relay's loops end by themselves before cancelling them
+# (a Redis read blocks for events_redis_block_ms).
+STOP_WAIT_SECONDS = 2.0
+
+
 class OutboxRelay:
     """Publishes the outbox (see the module docstring); ``start()`` / ``stop()``."""
 
@@ -194,6 +199,10 @@ class OutboxRelay:
         self._stopping = True
         self._wake.set()
         pending = {t for t in self._tasks if not t.done()}
+        if pending:
+            # Let a pass in progress finish first: a task cancelled inside a database
+            # session has its connection's rollback cancelled too.
+            _done, pending = await asyncio.wait(pending, timeout=STOP_WAIT_SECONDS)
         for _ in range(50):
             if not pending:
                 break
