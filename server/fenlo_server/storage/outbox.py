@@ -61,17 +61,13 @@ async def append_events(session: AsyncSession, events: Sequence[Event]) -> list[
 # (StreamEvents) use :func:`events_after` in a workspace session.
 
 
-async def claim_unpublished(
-    session: AsyncSession, limit: int, *, created_since: datetime | None = None
-) -> list[OutboxEventRow]:
+async def claim_unpublished(session: AsyncSession, limit: int) -> list[OutboxEventRow]:
     """The oldest unpublished events (by id, which is time-ordered), locked for this
     transaction. On PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets several relays run
     at once, each taking other rows; SQLite ignores the clause (one writer at a time
     anyway, and a second relay on the same file only causes duplicates, which every
     consumer drops by id)."""
     query = select(OutboxEventRow).where(OutboxEventRow.published_time.is_(None))
-    if created_since is not None:
-        query = query.where(OutboxEventRow.create_time >= created_since)
     query = query.order_by(OutboxEventRow.id).limit(limit).with_for_update(skip_locked=True)
     return list((await session.execute(query)).scalars())
 
