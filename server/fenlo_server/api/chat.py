@@ -130,7 +130,7 @@ class ChatHub:
 
     EVENT_TYPES = (events.AGENT_MESSAGE_POSTED, events.CONVERSATION_STATE_CHANGED)
 
-    def __init__(self, db: Database | None = None) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
         self._sessions: set[ChatSession] = set()
         self._by_conversation: dict[str, set[ChatSession]] = {}
@@ -196,8 +196,6 @@ class ChatHub:
             except FenloError:
                 return
             if workspace_id != event.workspace_id or not self._held(workspace_id, conversation_id):
-                return
-            if self._db is None:
                 return
             async with self._db.workspace(workspace_id) as session:
                 row = await ConversationRepository(session).get_message(conversation_id, message_id)
