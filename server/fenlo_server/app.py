@@ -216,7 +216,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         await self._update({})
 
 
-def _redis_client(url: str) -> Any:
+def redis_client(url: str) -> Any:
     """A Redis client that gives up fast: a dead Redis must not add latency."""
     import redis.asyncio
 
@@ -238,7 +238,7 @@ class FenloApp:
             page_secret = settings.page_token_secret.get_secret_value().encode()
         else:
             page_secret = secrets_store.load_or_create(settings.data_dir / "page-token.secret")
-        self.redis = _redis_client(settings.redis_url) if settings.redis_url else None
+        self.redis = redis_client(settings.redis_url) if settings.redis_url else None
         self.redis_link = (
             RedisLink(
                 self.redis,

@@ -212,6 +212,62 @@ async def test_arq_workers_run_the_jobs_when_redis_is_configured(
         await app.stop(grace=0)
 
 
+async def test_the_worker_relays_the_events_its_jobs_commit(
+    redis_url: str, sqlite_template: Path, tmp_path: Path
+) -> None:
+    """document.ready, committed by the worker, reaches Redis from the worker's own
+    relay and the server's bus through the stream, without a server poll."""
+    from arq.worker import Worker
+
+    from fenlo_server.events.bus import PublishedEvent
+    from fenlo_server.jobs.arq_worker import worker_settings
+    from tests.conftest import _sqlite_url
+
+    url = _sqlite_url(sqlite_template, tmp_path / "db")
+    tag = uuid.uuid4().hex
+    settings = make_settings(
+        tmp_path,
+        url,
+        redis_url=redis_url,
+        jobs_queue=f"fenlo:test:jobs:{tag}",
+        events_redis_prefix=f"fenlo-test-{tag}",
+        # The server's relay polls once a minute: only the worker's can be quick.
+        events_relay_poll_seconds=60,
+    )
+    app = await start_app(settings)
+    seen: list[PublishedEvent] = []
+    ready = asyncio.Event()
+
+    async def on_ready(event: PublishedEvent) -> None:
+        seen.append(event)
+        ready.set()
+
+    app.bus.subscribe("test", on_ready, types=["document.ready"])
+    try:
+        async with Api(app) as api:
+            workspace, token = await api.create_workspace("Worker relay")
+            created = await import_text(api, workspace, token, TEXT)
+            await asyncio.sleep(0.3)  # the server's relay handles the upload's commit
+            options = worker_settings(settings)
+            options.update(burst=True, poll_delay=0.05, handle_signals=False)
+            worker = Worker(**options)
+            try:
+                await asyncio.wait_for(worker.async_run(), 60)
+            finally:
+                await worker.close()
+            await asyncio.wait_for(ready.wait(), 10)
+            [event] = seen
+            assert event.workspace_id == workspace
+            assert event.payload["document"] == created.name
+            entries = await app.redis.xrange(f"fenlo-test-{tag}:ws:{workspace}:events")
+            fields = [{k.decode(): v.decode() for k, v in f.items()} for _, f in entries]
+            [entry] = [f for f in fields if f["type"] == "document.ready"]
+            assert entry["id"] == event.id
+            assert entry["origin"] != app.relay.replica_id  # the worker sent it
+    finally:
+        await app.stop(grace=0)
+
+
 async def test_redis_refusing_a_job_runs_it_in_the_server(
     sqlite_template: Path, tmp_path: Path
 ) -> None:

@@ -152,11 +152,15 @@ class OutboxRelay:
         *,
         redis: Any | None = None,
         replica_id: str | None = None,
+        consume: bool = True,
     ) -> None:
         self._db = db
         self._bus = bus
         self._settings = settings
         self._redis = redis
+        # Whether to read the other replicas' events into the local bus (a worker,
+        # which serves no streams, only publishes).
+        self._consume_remote = consume
         self.replica_id = replica_id or uuid.uuid4().hex[:16]
         self.keys = StreamKeys(settings.events_redis_prefix)
         self._wake = asyncio.Event()
@@ -189,7 +193,7 @@ class OutboxRelay:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._run(), name="outbox-relay"))
-        if self._redis is not None and self._settings.redis_url:
+        if self._consume_remote and self._redis is not None and self._settings.redis_url:
             self._tasks.append(loop.create_task(self._consume(), name="event-stream-consumer"))
 
     async def stop(self) -> None:

@@ -1,14 +1,21 @@
 """Background jobs on ARQ workers (`fenlo worker`) when Redis is configured:
-document ingestion, webhook delivery and the retention cron job.
+document ingestion, webhook delivery, the retention cron job and an outbox relay.
 
-The server enqueues; any number of worker processes run the jobs. Job ids carry
-the document's generation, so a document queued twice runs once. If Redis
-cannot take a job, the server runs it in-process instead: a Redis outage never
-loses an upload.
+The server enqueues; any number of worker processes run the jobs. Each worker
+also runs an outbox relay (``events/relay.py``), so the events its jobs commit
+(document ready or failed) reach Redis Streams, and so every replica, at once
+rather than at a server's next poll; it shares the outbox with the servers'
+relays like one more replica.
+
+Job ids carry the document's generation, so a document queued twice runs once.
+If Redis cannot take a job, the server runs it in-process instead: a Redis
+outage never loses an upload.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -203,11 +210,14 @@ async def sweep_webhooks(ctx: dict[str, Any]) -> int:
 
 def make_startup(settings: Settings) -> Callable[[dict[str, Any]], Awaitable[None]]:
     async def startup(ctx: dict[str, Any]) -> None:
-        from fenlo_server.app import build_secret_box, open_database
+        from fenlo_server.app import build_secret_box, open_database, redis_client
+        from fenlo_server.events.bus import EventBus
+        from fenlo_server.events.relay import OutboxRelay
         from fenlo_server.events.webhooks import WebhookDispatcher
         from fenlo_server.jobs.factory import build_ingestor
 
-        ctx["db"] = await open_database(settings)
+        assert settings.redis_url
+        ctx["db"] = db = await open_database(settings)
         ctx["ingestor"] = build_ingestor(settings, ctx["db"])
         ctx["queue_name"] = settings.jobs_queue
         ctx["retention_limits"] = RetentionLimits(
@@ -219,6 +229,15 @@ def make_startup(settings: Settings) -> Callable[[dict[str, Any]], Awaitable[Non
             build_secret_box(settings),
             queue=_WorkerQueue(ctx["redis"], settings.jobs_queue),
         )
+        # The outbox relay: this worker's commits go to its bus (the webhooks record
+        # their deliveries) and to Redis for every replica.
+        ctx["bus"] = bus = EventBus()
+        ctx["events_redis"] = events_redis = redis_client(settings.redis_url)
+        ctx["relay"] = relay = OutboxRelay(db, bus, settings, redis=events_redis, consume=False)
+        db.on_events_committed = relay.committed
+        bus.subscribe("webhooks", ctx["webhooks"].on_event)
+        relay.start()
+        ctx["webhooks"].start()
         for workspace_id, document_id, generation in await ctx["ingestor"].outdated():
             await ctx["redis"].enqueue_job(
                 INGEST,
@@ -233,12 +252,23 @@ def make_startup(settings: Settings) -> Callable[[dict[str, Any]], Awaitable[Non
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    relay = ctx.get("relay")
+    if relay is not None:
+        await relay.stop()
+        # What the last jobs committed goes to Redis now (bounded; the rest waits in
+        # the outbox for the next relay).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(relay.drain(), 1.0)
+        ctx["db"].on_events_committed = None
     webhooks = ctx.get("webhooks")
     if webhooks is not None:
         await webhooks.stop()
     db = ctx.get("db")
     if db is not None:
         await db.dispose()
+    events_redis = ctx.get("events_redis")
+    if events_redis is not None:
+        await events_redis.aclose()
 
 
 def worker_settings(settings: Settings) -> dict[str, Any]:
