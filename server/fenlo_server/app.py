@@ -339,7 +339,7 @@ class FenloApp:
         self.retention = RetentionTimer(
             db,
             0.0 if settings.redis_url else settings.retention_interval_seconds,
-            RetentionLimits(settings.retention_batch_size, settings.retention_max_batches),
+            RetentionLimits.from_settings(settings),
         )
         self.webhook_box = build_secret_box(settings)
         self.webhooks = WebhookDispatcher(

@@ -407,7 +407,7 @@ async def _retention_run(settings: Settings, workspace_id: str | None) -> int:
                     raise ValueError(f"workspace {workspace_id} does not exist")
         results = await run_retention(
             db,
-            limits=RetentionLimits(settings.retention_batch_size, settings.retention_max_batches),
+            limits=RetentionLimits.from_settings(settings),
             workspace_id=workspace_id,
         )
     finally:
@@ -419,6 +419,7 @@ async def _retention_run(settings: Settings, workspace_id: str | None) -> int:
             "conversations": pruned.conversations,
             "leads": pruned.leads,
             "events": pruned.events,
+            "deliveries": pruned.deliveries,
             "more": not pruned.done,
         }
         print(json.dumps(line))

@@ -369,6 +369,20 @@ class Settings(BaseSettings):
     webhook_disable_on_gone: bool = Field(
         True, description="Disable a webhook whose endpoint answers 410 Gone."
     )
+    webhook_catchup_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="How often webhooks are matched against the outbox, so an event "
+        "whose deliveries were not recorded when it was published (database away, "
+        "process killed) still gets them.",
+    )
+    webhook_delivery_retention_days: int = Field(
+        30,
+        ge=0,
+        description="Finished webhook deliveries (succeeded, failed, dead-lettered) "
+        "older than this are removed by the retention job; 0 keeps them.",
+    )
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -201,3 +201,64 @@ async def test_fenlo_retention_run_from_the_command_line(
         await db.dispose()
     missing = await run(env, tmp_path, "retention", "run", "--workspace", "nope")
     assert "does not exist" in missing.one_line_error()
+
+
+async def _deliveries(db: Database, ws: str, spec: list[tuple[str, int]]) -> list[str]:
+    """Webhook deliveries in ``ws`` of (state, age in days); their ids."""
+    from fenlo_server.storage.models import WebhookDeliveryRow
+    from fenlo_server.storage.webhooks import WebhookRepository
+
+    ids = []
+    async with db.workspace(ws) as session:
+        repo = WebhookRepository(session)
+        hook = await repo.create(
+            webhook_id=uuid.uuid4().hex,
+            url="https://example.com/hook",
+            event_types=[],
+            description="",
+            enabled=True,
+            secret_ciphertext="x",
+            request_id=None,
+            request_hash=None,
+        )
+        for state, age in spec:
+            [row] = await repo.add_pending(
+                [hook.id], event_id=uuid.uuid4().hex, event_seq=1, event_type="t", body="{}"
+            )
+            ids.append(row.id)
+            await session.execute(
+                update(WebhookDeliveryRow)
+                .where(WebhookDeliveryRow.id == row.id)
+                .values(state=state, create_time=utcnow() - timedelta(days=age))
+            )
+    return ids
+
+
+async def _delivery_ids(db: Database, ws: str) -> set[str]:
+    from fenlo_server.storage.models import WebhookDeliveryRow
+
+    async with db.workspace(ws) as session:
+        return set((await session.execute(select(WebhookDeliveryRow.id))).scalars())
+
+
+async def test_retention_removes_old_webhook_deliveries(api: Api) -> None:
+    db = api.app.db
+    keeps, _ = await api.create_workspace("Keeps messages", settings=days(0))
+    limited, _ = await api.create_workspace("Ten days", settings=days(10))
+    spec = [("SUCCEEDED", 40), ("DEAD_LETTER", 40), ("PENDING", 40), ("SUCCEEDED", 12)]
+    old_ok, old_dead, old_pending, recent_ok = await _deliveries(db, keeps, spec)
+    limited_ids = await _deliveries(db, limited, spec)
+    limits = RetentionLimits(delivery_days=30)
+
+    results = await run_retention(db, limits=limits)
+
+    # Every workspace: finished deliveries older than 30 days; a pending one waits.
+    assert await _delivery_ids(db, keeps) == {old_pending, recent_ok}
+    assert results[keeps].deliveries == 2
+    # A workspace keeping 10 days loses all its deliveries older than that.
+    assert await _delivery_ids(db, limited) == set()
+    assert results[limited].deliveries == len(limited_ids)
+    # 0 keeps them.
+    assert keeps not in await run_retention(db, limits=RetentionLimits(delivery_days=0))
+    assert await _delivery_ids(db, keeps) == {old_pending, recent_ok}
+    assert old_ok and old_dead

@@ -493,6 +493,93 @@ async def test_an_event_published_twice_is_delivered_once(
     assert ids.count(twice.id) == 1 and ids.count(barrier.id) == 1
 
 
+async def test_an_event_whose_recording_failed_is_caught_up_from_the_outbox(
+    database_url: str, tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bus hands an event over once; if recording its deliveries fails then
+    (here: the database refuses), the catch-up finds the event in the outbox."""
+    app = await fast_app(tmp_path, database_url, webhook_catchup_seconds=0.2)
+    try:
+        async with Api(app) as api:
+            ws, admin = await api.create_workspace("Catch-up")
+            created = await create_hook(
+                api, ws, admin, receiver.url, event_types=["agent_message.posted"]
+            )
+            failed: list[str] = []
+
+            async def database_away(published: PublishedEvent) -> None:
+                failed.append(published.id)
+                raise ConnectionError("the database went away")
+
+            monkeypatch.setattr(app.webhooks, "record", database_away)
+            conversation = await api.create_conversation(ws, admin)
+            await post_agent_message(api, admin, conversation.name)
+            await wait_for(lambda: _true(bool(failed)), "the failed recording")
+            assert await deliveries(api, admin, created.webhook.name) == []
+            # Nothing else: the catch-up loop (every 0.2 s, events older than 2 s).
+            [delivery] = await wait_final(api, admin, created.webhook.name)
+            assert delivery.state == H.DELIVERY_STATE_SUCCEEDED
+            assert delivery.event_id == failed[0]
+            assert await app.webhooks.catch_up(settle=0) == 0  # once, not again
+            await asyncio.sleep(0.5)
+            assert len(await deliveries(api, admin, created.webhook.name)) == 1
+    finally:
+        await app.stop(grace=0)
+    [got] = receiver.got()
+    assert got.headers["Fenlo-Event-Id"] == failed[0]
+    body = json.loads(got.body)
+    assert body["type"] == "agent_message.posted"
+    assert body["payload"]["conversation"] == conversation.name
+    assert documented_verify()(created.secret, got.headers, got.body)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def post_agent_message(api: Api, token: str, conversation: str) -> Any:
+    from fenlo.v1 import conversation_pb2
+
+    return await api.conversations.PostAgentMessage(
+        conversation_pb2.PostAgentMessageRequest(parent=conversation, text="Ana here."),
+        metadata=api.md(token),
+    )
+
+
+async def test_a_webhook_gets_the_events_after_its_creation_and_not_while_off(
+    hook_app: FenloApp, hook_api: Api, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = hook_api
+    ws, admin = await api.create_workspace("Cursor")
+    conversation = await api.create_conversation(ws, admin)
+    await post_agent_message(api, admin, conversation.name)  # before the webhook
+    created = await create_hook(api, ws, admin, receiver.url, event_types=["agent_message.posted"])
+    name = created.webhook.name
+    off = field_mask_pb2.FieldMask(paths=["enabled"])
+    await stub(api).UpdateWebhook(
+        H.UpdateWebhookRequest(webhook=H.Webhook(name=name, enabled=False), update_mask=off),
+        metadata=api.md(admin),
+    )
+    await post_agent_message(api, admin, conversation.name)  # while it is off
+    await stub(api).UpdateWebhook(
+        H.UpdateWebhookRequest(webhook=H.Webhook(name=name, enabled=True), update_mask=off),
+        metadata=api.md(admin),
+    )
+    assert await hook_app.webhooks.catch_up(settle=0) == 0
+
+    # Only the catch-up records from here on.
+    async def ignore(published: PublishedEvent) -> None:
+        return None
+
+    monkeypatch.setattr(hook_app.webhooks, "record", ignore)
+    after = await post_agent_message(api, admin, conversation.name)
+    assert await hook_app.webhooks.catch_up(settle=0) == 1
+    [delivery] = await wait_final(api, admin, name)
+    assert delivery.state == H.DELIVERY_STATE_SUCCEEDED
+    [got] = receiver.got()
+    assert json.loads(got.body)["payload"]["message"] == after.name
+
+
 async def test_retried_until_the_receiver_succeeds(hook_api: Api, receiver: Receiver) -> None:
     api = hook_api
     ws, admin = await api.create_workspace("Retries")

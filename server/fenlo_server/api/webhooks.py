@@ -173,6 +173,9 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
             if "description" in paths:
                 row.description = webhook.description
             if "enabled" in paths:
+                if webhook.enabled and not row.enabled:
+                    # Events from now on: not those of the time it was off.
+                    row.event_seq = await repo.current_seq()
                 row.enabled = webhook.enabled
                 row.disabled_reason = ""
             if "secret" in paths:

@@ -4,13 +4,19 @@ succeed, fail for good or are dead-lettered.
 
 The database is the queue. :meth:`WebhookDispatcher.on_event` (a bus subscriber)
 writes one PENDING delivery per matching webhook, unique by (webhook, event), so
-an event published twice is delivered once. Deliveries are sent by the
-in-process scheduler (the embedded default: it polls for due deliveries, so a
-restart loses nothing) or, with Redis, by ARQ jobs (``deliver_webhook``) that a
-worker runs; a delivery Redis cannot take is sent in-process instead, and the
-worker's sweep picks up anything left behind. A sender first takes a lease on
-the delivery, so two senders never send the same attempt. Sending never runs
-inside a chat turn: the bus handler only writes rows.
+an event published twice is delivered once. The bus hands each event over once
+per process, so if recording fails then (the database is away, the process is
+killed), :meth:`WebhookDispatcher.catch_up` finds it: every few seconds it
+matches each enabled webhook against the outbox events after its cursor
+(``webhooks.event_seq``) and records what is missing, then moves the cursor.
+
+Deliveries are sent by the in-process scheduler (the embedded default: it polls
+for due deliveries, so a restart loses nothing) or, with Redis, by ARQ jobs
+(``deliver_webhook``) that a worker runs; a delivery Redis cannot take is sent
+in-process instead, and the worker's sweep picks up anything left behind. A
+sender first takes a lease on the delivery, so two senders never send the same
+attempt. Sending never runs inside a chat turn: the bus handler only writes
+rows.
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ from fenlo_server import names
 from fenlo_server.config import Settings
 from fenlo_server.events import url_policy
 from fenlo_server.events.bus import PublishedEvent
+from fenlo_server.events.relay import published
 from fenlo_server.events.secret_box import SecretBox
 from fenlo_server.events.signing import signature
+from fenlo_server.storage import outbox
 from fenlo_server.storage.db import Database
 from fenlo_server.storage.models import WebhookDeliveryRow, utcnow
 from fenlo_server.storage.webhooks import (
@@ -43,6 +51,7 @@ from fenlo_server.storage.webhooks import (
     SUCCEEDED,
     WebhookRepository,
     due_deliveries,
+    lagging_webhooks,
 )
 
 log = logging.getLogger("fenlo.webhooks")
@@ -88,6 +97,10 @@ def event_body(event: PublishedEvent) -> str:
     )
 
 
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def backoff_seconds(attempt: int, base: float, cap: float) -> float:
     """The wait after failed attempt ``attempt`` (from 1): full jitter, uniform in
     [0, min(cap, base * 2^(attempt - 1))]."""
@@ -97,6 +110,9 @@ def backoff_seconds(attempt: int, base: float, cap: float) -> float:
 
 # Events waiting for the recorder task; beyond it, publishers record them themselves.
 INBOX_CAPACITY = 10_000
+# The catch-up leaves events this young to the bus's recorder (no race with it).
+CATCH_UP_SETTLE_SECONDS = 2.0
+CATCH_UP_BATCH = 500
 
 
 class WebhookDispatcher:
@@ -127,6 +143,7 @@ class WebhookDispatcher:
         # commit of a chat turn) never waits for the webhooks' database work.
         self._inbox: asyncio.Queue[PublishedEvent] = asyncio.Queue(INBOX_CAPACITY)
         self._recorder: asyncio.Task[None] | None = None
+        self._catch_up_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -134,6 +151,8 @@ class WebhookDispatcher:
         loop = asyncio.get_running_loop()
         if self._recorder is None:
             self._recorder = loop.create_task(self._record_events(), name="webhook-recorder")
+        if self._catch_up_task is None:
+            self._catch_up_task = loop.create_task(self._catch_up_loop(), name="webhook-catch-up")
         if self._scheduler and self._loop_task is None:
             self._loop_task = loop.create_task(self._run())
 
@@ -149,6 +168,10 @@ class WebhookDispatcher:
             self._recorder = None
         self._stopping = True
         self._wake.set()
+        if self._catch_up_task is not None:
+            self._catch_up_task.cancel()
+            await asyncio.gather(self._catch_up_task, return_exceptions=True)
+            self._catch_up_task = None
         tasks = list(self._in_flight.values())
         if self._loop_task is not None:
             tasks.append(self._loop_task)
@@ -242,6 +265,83 @@ class WebhookDispatcher:
         )
         for row in created:
             await self._schedule(event.workspace_id, row.id, 0, utcnow())
+
+    # ------------------------------------------------------------ catching up from the outbox
+
+    async def _catch_up_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self._settings.webhook_catchup_seconds)
+            try:
+                await self.catch_up()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # the database is away: next time
+                log.warning("webhook catch-up failed", extra={"error": repr(error)[:300]})
+
+    async def catch_up(self, *, settle: float = CATCH_UP_SETTLE_SECONDS) -> int:
+        """Record the deliveries of outbox events older than ``settle`` seconds that
+        enabled webhooks have not been matched against; return how many were made."""
+        async with self._db.unscoped("webhook catch-up finds webhooks behind the outbox") as s:
+            hooks = await lagging_webhooks(s, 1000)
+        by_workspace: dict[str, list[tuple[str, int, list[str]]]] = {}
+        for hook in hooks:
+            by_workspace.setdefault(hook.workspace_id, []).append(
+                (hook.id, int(hook.event_seq), list(hook.event_types or []))
+            )
+        made = 0
+        for workspace_id, cursors in by_workspace.items():
+            try:
+                made += await self._catch_up_workspace(workspace_id, cursors, settle)
+            except IntegrityError:
+                # The recorder wrote one of them at the same moment: the next pass.
+                continue
+        return made
+
+    async def _catch_up_workspace(
+        self, workspace_id: str, cursors: list[tuple[str, int, list[str]]], settle: float
+    ) -> int:
+        young = utcnow() - timedelta(seconds=settle)
+        async with self._db.workspace(workspace_id) as session:
+            rows = await outbox.events_after(
+                session, min(seq for _, seq, _ in cursors), CATCH_UP_BATCH
+            )
+            # In sequence order up to the first event too young to judge.
+            settled = []
+            for row in rows:
+                if _aware(row.create_time) > young:
+                    break
+                settled.append(row)
+            if not settled:
+                return 0
+            repo = WebhookRepository(session)
+            hook_ids = [hook_id for hook_id, _, _ in cursors]
+            have = await repo.recorded(hook_ids, [r.id for r in settled])
+            created: list[WebhookDeliveryRow] = []
+            for row in settled:
+                wanted = [
+                    hook_id
+                    for hook_id, seq, types in cursors
+                    if row.seq > seq
+                    and (not types or row.type in types)
+                    and (hook_id, row.id) not in have
+                ]
+                if wanted:
+                    created += await repo.add_pending(
+                        wanted,
+                        event_id=row.id,
+                        event_seq=int(row.seq),
+                        event_type=row.type,
+                        body=event_body(published(row)),
+                    )
+            await repo.advance(hook_ids, int(settled[-1].seq))
+        if created:
+            log.info(
+                "webhook deliveries caught up from the outbox",
+                extra={"workspace": workspace_id, "deliveries": len(created)},
+            )
+        for delivery in created:
+            await self._schedule(workspace_id, delivery.id, 0, utcnow())
+        return len(created)
 
     async def _schedule(
         self, workspace_id: str, delivery_id: str, attempt: int, when: datetime

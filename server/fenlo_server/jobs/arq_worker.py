@@ -220,9 +220,7 @@ def make_startup(settings: Settings) -> Callable[[dict[str, Any]], Awaitable[Non
         ctx["db"] = db = await open_database(settings)
         ctx["ingestor"] = build_ingestor(settings, ctx["db"])
         ctx["queue_name"] = settings.jobs_queue
-        ctx["retention_limits"] = RetentionLimits(
-            settings.retention_batch_size, settings.retention_max_batches
-        )
+        ctx["retention_limits"] = RetentionLimits.from_settings(settings)
         ctx["webhooks"] = WebhookDispatcher(
             ctx["db"],
             settings,

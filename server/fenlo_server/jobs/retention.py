@@ -4,7 +4,9 @@ One run visits every workspace whose settings keep data for a limited time
 and, in that workspace's own sessions, deletes in batches (each batch its own
 short transaction): messages created before the cutoff, then conversations
 created and last changed before it that have no message left (with their
-leads), then outbox events created before it. Each kind stops after
+leads), then outbox events and webhook deliveries created before it. Finished
+webhook deliveries (succeeded, failed, dead-lettered) of every workspace go
+after ``FENLO_WEBHOOK_DELIVERY_RETENTION_DAYS`` as well. Each kind stops after
 ``max_batches`` batches per workspace and run, so one run is bounded; what is
 left goes in the next run. Deleting is idempotent, so two runs at once (two
 replicas without Redis) do no harm.
@@ -25,6 +27,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from fenlo_server.config import Settings
 from fenlo_server.storage.db import Database
 from fenlo_server.storage.lifecycle import (
     Pruned,
@@ -33,6 +36,7 @@ from fenlo_server.storage.lifecycle import (
     prune_messages,
 )
 from fenlo_server.storage.models import WorkspaceRow, utcnow
+from fenlo_server.storage.webhooks import prune_deliveries, workspaces_with_deliveries_before
 
 log = logging.getLogger("fenlo.retention")
 WORKSPACE_PAGE = 500
@@ -42,6 +46,16 @@ WORKSPACE_PAGE = 500
 class RetentionLimits:
     batch_size: int = 500
     max_batches: int = 20
+    # Finished webhook deliveries older than this go in every workspace; 0 keeps them.
+    delivery_days: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetentionLimits:
+        return cls(
+            settings.retention_batch_size,
+            settings.retention_max_batches,
+            settings.webhook_delivery_retention_days,
+        )
 
 
 def retention_days(settings: dict[str, object] | None) -> int:
@@ -94,13 +108,47 @@ async def prune_workspace(
     events, events_done = await _batches(
         db, workspace_id, lambda s, n: prune_events(s, cutoff, n), limits
     )
+    deliveries, deliveries_done = await _batches(
+        db,
+        workspace_id,
+        lambda s, n: prune_deliveries(s, cutoff, n, finished_only=False),
+        limits,
+    )
     return Pruned(
         messages=messages,
         conversations=removed,
         leads=leads,
         events=events,
-        done=messages_done and conversations_done and events_done,
+        deliveries=deliveries,
+        done=messages_done and conversations_done and events_done and deliveries_done,
     )
+
+
+async def prune_finished_deliveries(
+    db: Database,
+    days: int,
+    *,
+    limits: RetentionLimits = RetentionLimits(),
+    workspace_id: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Pruned]:
+    """Remove the finished webhook deliveries older than ``days`` of every workspace
+    (or only ``workspace_id``); 0 removes nothing."""
+    if days <= 0:
+        return {}
+    cutoff = (now or utcnow()) - timedelta(days=days)
+    if workspace_id is not None:
+        workspaces = [workspace_id]
+    else:
+        async with db.unscoped("retention finds old webhook deliveries") as session:
+            workspaces = await workspaces_with_deliveries_before(session, cutoff, WORKSPACE_PAGE)
+    results: dict[str, Pruned] = {}
+    for workspace in workspaces:
+        count, done = await _batches(
+            db, workspace, lambda s, n: prune_deliveries(s, cutoff, n, finished_only=True), limits
+        )
+        results[workspace] = Pruned(deliveries=count, done=done)
+    return results
 
 
 async def _workspaces(db: Database, only: str | None) -> list[tuple[str, int]]:
@@ -128,8 +176,9 @@ async def run_retention(
     workspace_id: str | None = None,
     now: datetime | None = None,
 ) -> dict[str, Pruned]:
-    """One run over every workspace (or only ``workspace_id``) that limits retention;
-    what each lost. A workspace that fails is logged and skipped."""
+    """One run over every workspace (or only ``workspace_id``) that limits retention,
+    then the finished webhook deliveries of every workspace; what each lost. A
+    workspace that fails is logged and skipped."""
     results: dict[str, Pruned] = {}
     for workspace, days in await _workspaces(db, workspace_id):
         try:
@@ -150,8 +199,25 @@ async def run_retention(
                     "conversations": pruned.conversations,
                     "leads": pruned.leads,
                     "events": pruned.events,
+                    "deliveries": pruned.deliveries,
                     "done": pruned.done,
                 },
+            )
+    try:
+        old = await prune_finished_deliveries(
+            db, limits.delivery_days, limits=limits, workspace_id=workspace_id, now=now
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("retention of webhook deliveries failed")
+        old = {}
+    for workspace, pruned in old.items():
+        results.setdefault(workspace, Pruned()).add(pruned)
+        if pruned.deliveries:
+            log.info(
+                "retention removed old webhook deliveries",
+                extra={"workspace": workspace, "deliveries": pruned.deliveries},
             )
     return results
 

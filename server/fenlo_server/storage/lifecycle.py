@@ -37,6 +37,7 @@ class Pruned:
     conversations: int = 0
     leads: int = 0
     events: int = 0
+    deliveries: int = 0  # webhook deliveries
     done: bool = True  # False: the batch limit was hit; the next run goes on
 
     def add(self, other: Pruned) -> None:
@@ -44,6 +45,7 @@ class Pruned:
         self.conversations += other.conversations
         self.leads += other.leads
         self.events += other.events
+        self.deliveries += other.deliveries
         self.done = self.done and other.done
 
 

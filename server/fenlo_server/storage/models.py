@@ -366,6 +366,9 @@ class WebhookRow(TenantScoped, Base):
     secret_ciphertext: Mapped[str] = mapped_column(Text)
     request_id: Mapped[str | None] = mapped_column(String(64))
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    # The workspace's outbox events up to this sequence number have been matched
+    # against this webhook (the catch-up of events/webhooks.py moves it on).
+    event_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     create_time: Mapped[datetime] = mapped_column(default=utcnow)
     update_time: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -382,6 +385,7 @@ class WebhookDeliveryRow(TenantScoped, Base):
         UniqueConstraint("webhook_id", "event_id", name="uq_webhook_deliveries_event"),
         Index("ix_webhook_deliveries_due", "state", "next_attempt_time"),
         Index("ix_webhook_deliveries_webhook", "webhook_id", "id"),
+        Index("ix_webhook_deliveries_created", "workspace_id", "create_time"),
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)

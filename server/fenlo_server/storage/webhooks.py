@@ -6,13 +6,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fenlo_server.ids import new_id
 from fenlo_server.storage.db import UNSCOPED_KEY
-from fenlo_server.storage.models import WebhookDeliveryRow, WebhookRow, utcnow
+from fenlo_server.storage.models import WebhookDeliveryRow, WebhookRow, WorkspaceRow, utcnow
 from fenlo_server.storage.repositories import DuplicateRequest, workspace_of
 
 PENDING = "PENDING"
@@ -44,6 +44,8 @@ class WebhookRepository:
         now = utcnow()
         row = WebhookRow(
             id=webhook_id,
+            # Events from now on; the older ones are not this webhook's.
+            event_seq=await self.current_seq(),
             workspace_id=self.workspace_id,
             url=url,
             event_types=event_types,
@@ -62,6 +64,23 @@ class WebhookRepository:
         except IntegrityError as exc:
             raise DuplicateRequest from exc
         return row
+
+    async def current_seq(self) -> int:
+        """The workspace's newest event sequence number."""
+        result = await self._session.execute(
+            select(WorkspaceRow.event_seq).where(WorkspaceRow.id == self.workspace_id)
+        )
+        return int(result.scalar_one_or_none() or 0)
+
+    async def advance(self, webhook_ids: list[str], seq: int) -> None:
+        """Record that events up to ``seq`` have been matched against these webhooks."""
+        if webhook_ids:
+            await self._session.execute(
+                update(WebhookRow)
+                .where(WebhookRow.id.in_(webhook_ids), WebhookRow.event_seq < seq)
+                .values(event_seq=seq)
+                .execution_options(synchronize_session=False)
+            )
 
     async def find_by_request_id(self, request_id: str) -> WebhookRow | None:
         result = await self._session.execute(
@@ -112,16 +131,36 @@ class WebhookRepository:
         """A PENDING delivery of the event for each webhook that has none yet."""
         if not webhook_ids:
             return []
-        existing = set(
-            (
-                await self._session.execute(
-                    select(WebhookDeliveryRow.webhook_id).where(
-                        WebhookDeliveryRow.event_id == event_id,
-                        WebhookDeliveryRow.webhook_id.in_(webhook_ids),
-                    )
-                )
-            ).scalars()
+        existing = {hook for hook, _event in await self.recorded(webhook_ids, [event_id])}
+        return await self.add_pending(
+            [h for h in webhook_ids if h not in existing],
+            event_id=event_id,
+            event_seq=event_seq,
+            event_type=event_type,
+            body=body,
         )
+
+    async def recorded(self, webhook_ids: list[str], event_ids: list[str]) -> set[tuple[str, str]]:
+        """The (webhook, event) pairs among these that have a delivery already."""
+        if not webhook_ids or not event_ids:
+            return set()
+        result = await self._session.execute(
+            select(WebhookDeliveryRow.webhook_id, WebhookDeliveryRow.event_id).where(
+                WebhookDeliveryRow.event_id.in_(event_ids),
+                WebhookDeliveryRow.webhook_id.in_(webhook_ids),
+            )
+        )
+        return {(hook, event) for hook, event in result.all()}
+
+    def _add_pending(
+        self,
+        webhook_ids: list[str],
+        *,
+        event_id: str,
+        event_seq: int,
+        event_type: str,
+        body: str,
+    ) -> list[WebhookDeliveryRow]:
         now = utcnow()
         rows = [
             WebhookDeliveryRow(
@@ -142,9 +181,17 @@ class WebhookRepository:
                 update_time=now,
             )
             for webhook_id in webhook_ids
-            if webhook_id not in existing
         ]
         self._session.add_all(rows)
+        return rows
+
+    async def add_pending(
+        self, webhook_ids: list[str], *, event_id: str, event_seq: int, event_type: str, body: str
+    ) -> list[WebhookDeliveryRow]:
+        """PENDING deliveries for these webhooks, which the caller knows have none."""
+        rows = self._add_pending(
+            webhook_ids, event_id=event_id, event_seq=event_seq, event_type=event_type, body=body
+        )
         await self._session.flush()
         return rows
 
@@ -232,3 +279,57 @@ async def due_deliveries(session: AsyncSession, now: datetime, limit: int) -> li
         .limit(limit)
     )
     return [(str(w), str(d)) for w, d in result.all()]
+
+
+async def lagging_webhooks(session: AsyncSession, limit: int) -> list[WebhookRow]:
+    """Enabled webhooks whose workspace has events they have not been matched
+    against yet (the catch-up's work list)."""
+    if not session.info.get(UNSCOPED_KEY):
+        raise RuntimeError("finding lagging webhooks needs an unscoped session")
+    result = await session.execute(
+        select(WebhookRow)
+        .join(WorkspaceRow, WorkspaceRow.id == WebhookRow.workspace_id)
+        .where(WebhookRow.enabled.is_(True), WebhookRow.event_seq < WorkspaceRow.event_seq)
+        .order_by(WebhookRow.workspace_id, WebhookRow.id)
+        .limit(limit)
+    )
+    return list(result.scalars())
+
+
+FINISHED = (SUCCEEDED, FAILED, DEAD_LETTER)
+
+
+async def prune_deliveries(
+    session: AsyncSession, cutoff: datetime, limit: int, *, finished_only: bool
+) -> int:
+    """Delete up to ``limit`` of the workspace's deliveries created before ``cutoff``
+    (only those that are over, with ``finished_only``); how many went."""
+    query = select(WebhookDeliveryRow.id).where(WebhookDeliveryRow.create_time < cutoff)
+    if finished_only:
+        query = query.where(WebhookDeliveryRow.state.in_(FINISHED))
+    ids = list((await session.execute(query.limit(limit))).scalars())
+    if ids:
+        await session.execute(
+            delete(WebhookDeliveryRow)
+            .where(WebhookDeliveryRow.id.in_(ids))
+            .execution_options(synchronize_session=False)
+        )
+    return len(ids)
+
+
+async def workspaces_with_deliveries_before(
+    session: AsyncSession, cutoff: datetime, limit: int
+) -> list[str]:
+    """Workspaces that have finished deliveries created before ``cutoff``."""
+    if not session.info.get(UNSCOPED_KEY):
+        raise RuntimeError("finding old deliveries needs an unscoped session")
+    result = await session.execute(
+        select(WebhookDeliveryRow.workspace_id)
+        .where(
+            WebhookDeliveryRow.create_time < cutoff,
+            WebhookDeliveryRow.state.in_(FINISHED),
+        )
+        .distinct()
+        .limit(limit)
+    )
+    return [str(w) for w in result.scalars()]
