@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import signal
 import socket
 import time
 import uuid
@@ -70,6 +71,16 @@ class PrivateRedis:
                 writer.close()
                 await writer.wait_closed()
                 return
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open and nothing answers,
+        like a Redis stuck in a long command or behind a stalled network."""
+        assert self.process is not None and self.process.returncode is None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGCONT)
 
     async def kill(self) -> None:
         process, self.process = self.process, None

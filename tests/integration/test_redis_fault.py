@@ -1,4 +1,4 @@
-"""Redis dies under two running servers and comes back: every RPC keeps working,
+"""Redis dies (or hangs) under two running servers and comes back: every RPC keeps working,
 health and metrics show the degradation (the overall health stays SERVING), and
 the servers reconnect by themselves, sharing their limits again.
 
@@ -9,7 +9,9 @@ back empty, as a restarted production Redis without persistence does.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from pathlib import Path
 
 import grpc
@@ -126,3 +128,55 @@ async def test_redis_down_and_back(tmp_path: Path, shared_database: str) -> None
         await live.say("And now?")
         assert (await live.turn()).completed.user_message
         live.call.cancel()
+
+
+async def timed_rpcs(api: Api, workspace: str, token: str) -> float:
+    """every_rpc, bounded; the slowest single GetWorkspace of ten, in seconds."""
+    slowest = 0.0
+    for _ in range(10):
+        started = time.monotonic()
+        await api.workspaces.GetWorkspace(
+            workspace_pb2.GetWorkspaceRequest(name=ws_name(workspace)),
+            metadata=api.md(token),
+            timeout=5,
+        )
+        slowest = max(slowest, time.monotonic() - started)
+    await asyncio.wait_for(every_rpc(api, workspace, token), 30)
+    return slowest
+
+
+async def test_a_hung_redis_costs_no_more_than_its_timeout(
+    tmp_path: Path, shared_database: str
+) -> None:
+    """A frozen Redis (SIGSTOP: connections open, no answers) is worse than a dead
+    one: nothing refuses the connection. The short Redis timeouts keep every RPC
+    working, each call bounded by a few of them, and the servers pick Redis up
+    again when it answers."""
+    async with (
+        private_redis(tmp_path / "redis") as redis,
+        replicas(tmp_path, shared_database, redis.url, redis_retry_seconds=1.0) as (one, two),
+    ):
+        apis = (one, two)
+        workspace, token = await one.create_workspace("Frozen")
+        for api in apis:
+            await every_rpc(api, workspace, token)
+        redis.pause()
+        try:
+            for api in apis:
+                # A Redis call gives up after 0.25 s; then the server stops asking
+                # Redis until its retry time, so most calls do not wait at all.
+                assert await timed_rpcs(api, workspace, token) < 3.0
+            await eventually(
+                lambda: both_redis_health(apis, NOT_SERVING), within=10, what="redis NOT_SERVING"
+            )
+            for api in apis:
+                assert await health(api, "") == SERVING
+                assert await timed_rpcs(api, workspace, token) < 3.0
+        finally:
+            redis.resume()
+        await eventually(
+            lambda: both_redis_health(apis, SERVING), within=15, what="redis SERVING again"
+        )
+        await assert_shared_limit(one, two, 4)
+        for api in apis:
+            await every_rpc(api, workspace, token)
