@@ -117,6 +117,9 @@ async def replicas(
         for name in ("one", "two"):
             apps.append(await start_app(make_settings(tmp_path / name, database_url, **secrets)))
             apis.append(Api(apps[-1]))
+        async with asyncio.timeout(10):  # an invalidation published before this is missed
+            for app in apps:
+                await app.invalidations.subscribed.wait()
         yield apis[0], apis[1]
     finally:
         for api in apis:

@@ -298,7 +298,9 @@ async def test_the_event_loop_keeps_running_during_a_large_upsert(
         gaps = np.diff([start, *during, end])
         assert len(fake.requests_to("/vectors/upsert")) == 20
         assert len(during) >= 20
-        assert gaps.max() < 0.25
+        # The loop runs between the 20 requests: no stall takes a large share of
+        # the upsert (relative, as a loaded machine stretches every step alike).
+        assert gaps.max() < 0.25 * (end - start), (gaps.max(), end - start)
         assert len(fake.ids("ws:m")) == 2000
 
 
