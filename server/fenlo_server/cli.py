@@ -10,6 +10,7 @@
     fenlo kb search QUERY --workspace ID [--token T]  search a knowledge base
     fenlo worker                                      run ARQ jobs (needs FENLO_REDIS_URL)
     fenlo retention run [--workspace ID]              one retention run now
+    fenlo bench [--quick] [--json] [--write [DIR]]    Fenlo vs a bare gRPC baseline
 
 The operator commands work on the database directly with the server's settings
 (FENLO_DATA_DIR, FENLO_DATABASE_URL, ...), so they need no token.
@@ -28,6 +29,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -144,6 +146,24 @@ def _parser() -> argparse.ArgumentParser:
         help="one bounded retention run now; prints one JSON line per workspace",
     )
     retention_run.add_argument("--workspace", help="only this workspace id")
+    bench = commands.add_parser(
+        "bench", help="measure Fenlo against a bare grpc.aio baseline in the same run"
+    )
+    bench.add_argument("--quick", action="store_true", help="fewer repeats (a few minutes)")
+    bench.add_argument("--json", action="store_true", help="end with one JSON summary line")
+    bench.add_argument(
+        "--write",
+        type=Path,
+        nargs="?",
+        const=Path("bench/results"),
+        help="write latest.json and latest.png here (default bench/results)",
+    )
+    bench.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop of every process (auto: the server's own choice)",
+    )
     return parser
 
 
@@ -175,6 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _worker(settings)
         if args.command == "retention":
             return asyncio.run(_retention_run(settings, args.workspace))
+        if args.command == "bench":
+            from fenlo_server.bench.command import run_bench
+
+            return run_bench(args)
     except Exception as exc:
         message = _operator_error(exc)
         if message is None:
