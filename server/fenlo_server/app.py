@@ -92,6 +92,7 @@ SERVICES = (
 # A health entry of its own, only when Redis is configured: SERVING while Redis
 # answers, NOT_SERVING while the server runs on local state ("" stays SERVING).
 REDIS_HEALTH = "fenlo.dependency.redis"
+WEBHOOKS_CHANGED = "webhooks"  # invalidation kind: a workspace's webhooks changed
 
 
 def build_token_service(settings: Settings) -> TokenService:
@@ -349,6 +350,7 @@ class FenloApp:
             queue=self.jobs if isinstance(self.jobs, ArqQueue) else None,
         )
         self.bus.subscribe("webhooks", self.webhooks.on_event)
+        self.invalidations.on(WEBHOOKS_CHANGED, self.webhooks.forget)
         self.health = HealthServicer()
         self.server = aio.server(
             interceptors=[
@@ -388,7 +390,12 @@ class FenloApp:
             AnalyticsServicer(self.deps), self.server
         )
         webhook_pb2_grpc.add_WebhookServiceServicer_to_server(
-            WebhookServicer(self.deps, self.webhook_box), self.server
+            WebhookServicer(
+                self.deps,
+                self.webhook_box,
+                on_change=lambda ws: self.invalidations.publish_soon(WEBHOOKS_CHANGED, ws),
+            ),
+            self.server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -28,6 +28,7 @@ from fenlo.v1 import webhook_pb2, webhook_pb2_grpc
 from fenlo_server.app import FenloApp
 from fenlo_server.events.bus import PublishedEvent
 from fenlo_server.ids import new_id
+from fenlo_server.storage.webhooks import WebhookRepository
 from tests.conftest import make_settings, start_app
 from tests.helpers import Api, rich_error
 
@@ -886,3 +887,36 @@ async def test_redis_refusing_a_delivery_sends_it_from_the_server(
         await app.stop(grace=0)
     assert delivery.state == H.DELIVERY_STATE_SUCCEEDED
     assert len(receiver.got()) == 1
+
+
+async def test_a_workspace_without_webhooks_costs_its_events_no_lookup_until_one_is_made(
+    tmp_path: Path, database_url: str, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No catch-up pass in this test: the recorder alone must see the new webhook.
+    app = await fast_app(tmp_path, database_url, webhook_catchup_seconds=3600)
+    try:
+        async with Api(app) as api:
+            lookups: list[str] = []
+            real = WebhookRepository.enabled
+
+            async def counted(repo: WebhookRepository) -> list[Any]:
+                lookups.append(repo.workspace_id)
+                return await real(repo)
+
+            monkeypatch.setattr(WebhookRepository, "enabled", counted)
+            ws, admin = await api.create_workspace("Quiet")
+            conversation = await api.create_conversation(ws, admin)
+            for _ in range(3):
+                await post_agent_message(api, admin, conversation.name)
+            await wait_for(lambda: _true(app.webhooks._inbox.empty()), "the recorder")
+            await asyncio.sleep(0.1)
+            assert lookups == [ws], "only the first event looks the webhooks up"
+
+            created = await create_hook(api, ws, admin, receiver.url)
+            after = await post_agent_message(api, admin, conversation.name)
+            [delivery] = await wait_final(api, admin, created.webhook.name)
+            assert delivery.state == H.DELIVERY_STATE_SUCCEEDED
+            [got] = receiver.got()
+            assert json.loads(got.body)["payload"]["message"] == after.name
+    finally:
+        await app.stop(grace=0)

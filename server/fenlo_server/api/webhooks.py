@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf import duration_pb2, empty_pb2, timestamp_pb2
@@ -46,9 +47,14 @@ def generate_secret() -> str:
 
 
 class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
-    def __init__(self, deps: Deps, box: SecretBox) -> None:
+    def __init__(
+        self, deps: Deps, box: SecretBox, *, on_change: Callable[[str], None] | None = None
+    ) -> None:
         self._deps = deps
         self._box = box
+        # Told the workspace id after a webhook is made or changed (the composition
+        # root tells every replica's dispatcher to look again).
+        self._on_change = on_change or (lambda _workspace_id: None)
 
     async def _validate(
         self, violations: Violations, webhook: webhook_pb2.Webhook, paths: tuple[str, ...]
@@ -126,6 +132,7 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
             lambda session, rid: WebhookRepository(session).find_by_request_id(rid),
             create,
         )
+        self._on_change(workspace_id)
         return webhook_pb2.CreateWebhookResponse(
             webhook=_to_proto(row), secret=self._box.decrypt(row.secret_ciphertext, row.id)
         )
@@ -181,6 +188,7 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
             if "secret" in paths:
                 row.secret_ciphertext = self._box.encrypt(webhook.secret, row.id)
             row = await repo.save(row)
+        self._on_change(workspace_id)
         return _to_proto(row)
 
     async def DeleteWebhook(

@@ -52,6 +52,7 @@ from fenlo_server.storage.webhooks import (
     WebhookRepository,
     due_deliveries,
     lagging_webhooks,
+    subscribes,
 )
 
 log = logging.getLogger("fenlo.webhooks")
@@ -110,6 +111,7 @@ def backoff_seconds(attempt: int, base: float, cap: float) -> float:
 
 # Events waiting for the recorder task; beyond it, publishers record them themselves.
 INBOX_CAPACITY = 10_000
+NONE_CACHE_LIMIT = 100_000  # workspaces remembered as having no webhook
 # The catch-up leaves events this young to the bus's recorder (no race with it).
 CATCH_UP_SETTLE_SECONDS = 2.0
 CATCH_UP_BATCH = 500
@@ -144,6 +146,29 @@ class WebhookDispatcher:
         self._inbox: asyncio.Queue[PublishedEvent] = asyncio.Queue(INBOX_CAPACITY)
         self._recorder: asyncio.Task[None] | None = None
         self._catch_up_task: asyncio.Task[None] | None = None
+        # Workspaces known to have no enabled webhook, until a monotonic time: most
+        # have none, and then an event costs no database work. A webhook made or
+        # changed calls forget() (on every replica); an event missed meanwhile is
+        # still matched from the outbox by the catch-up.
+        self._none_until: dict[str, float] = {}
+
+    def forget(self, workspace_id: str) -> None:
+        """The workspace's webhooks changed: look them up again at its next event."""
+        self._none_until.pop(workspace_id, None)
+
+    def _known_none(self, workspace_id: str) -> bool:
+        until = self._none_until.get(workspace_id)
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self._none_until[workspace_id]
+        return False
+
+    def _note_none(self, workspace_id: str) -> None:
+        if len(self._none_until) >= NONE_CACHE_LIMIT:
+            self._none_until.clear()
+        self._none_until[workspace_id] = time.monotonic() + self._settings.cache_ttl_seconds
 
     # ------------------------------------------------------------ lifecycle
 
@@ -232,13 +257,19 @@ class WebhookDispatcher:
 
     async def record(self, event: PublishedEvent) -> None:
         """A delivery of ``event`` for each matching enabled webhook."""
+        if self._known_none(event.workspace_id):
+            return
         body = event_body(event)
         created: list[WebhookDeliveryRow] = []
         for attempt in range(2):
             try:
                 async with self._db.workspace(event.workspace_id) as session:
                     repo = WebhookRepository(session)
-                    hooks = await repo.enabled_for(event.type)
+                    enabled = await repo.enabled()
+                    if not enabled:
+                        self._note_none(event.workspace_id)
+                        return
+                    hooks = [h for h in enabled if subscribes(h, event.type)]
                     created = await repo.add_deliveries(
                         [h.id for h in hooks],
                         event_id=event.id,

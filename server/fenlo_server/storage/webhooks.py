@@ -98,11 +98,10 @@ class WebhookRepository:
             query = query.where(WebhookRow.id < before_id)
         return list((await self._session.execute(query)).scalars())
 
-    async def enabled_for(self, event_type: str) -> list[WebhookRow]:
-        """The enabled webhooks that subscribe to ``event_type`` (empty types: all)."""
+    async def enabled(self) -> list[WebhookRow]:
+        """The workspace's enabled webhooks."""
         query = select(WebhookRow).where(WebhookRow.enabled.is_(True))
-        rows = (await self._session.execute(query)).scalars()
-        return [r for r in rows if not r.event_types or event_type in r.event_types]
+        return list((await self._session.execute(query)).scalars())
 
     async def save(self, row: WebhookRow) -> WebhookRow:
         row.update_time = utcnow()
@@ -333,3 +332,8 @@ async def workspaces_with_deliveries_before(
         .limit(limit)
     )
     return [str(w) for w in result.scalars()]
+
+
+def subscribes(hook: WebhookRow, event_type: str) -> bool:
+    """Whether the webhook wants events of ``event_type`` (no types: every event)."""
+    return not hook.event_types or event_type in hook.event_types
