@@ -1,0 +1,1 @@
+"""The benchmark harness: local stand-in servers, load runs and micro-benchmarks."""
