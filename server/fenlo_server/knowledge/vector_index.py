@@ -9,6 +9,7 @@ in well under a millisecond at 100k vectors with recall@10 above 0.95.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from typing import Any
@@ -40,8 +41,7 @@ class VectorIndex:
         return self._ann is not None
 
     def _build(self) -> None:
-        from usearch.index import Index
-
+        Index = _usearch_index()
         index = Index(
             ndim=int(self.vectors.shape[1]),
             metric="ip",
@@ -78,6 +78,21 @@ class VectorIndex:
         top = np.argpartition(-scores, k - 1)[:k] if k < self.size else np.arange(self.size)
         ordered = top[np.argsort(-scores[top], kind="stable")]
         return [(int(i), float(scores[i])) for i in ordered if np.isfinite(scores[i])]
+
+
+def _usearch_index() -> Any:
+    """usearch's ``Index`` class, imported after onnxruntime.
+
+    usearch's extension links its own libstdc++ statically and its locale facet
+    ids are GNU unique symbols: once it is loaded they win over the system
+    libstdc++'s, and importing onnxruntime afterwards crashes the process
+    (SIGSEGV in ``std::codecvt``). Loaded in the other order both work.
+    """
+    with contextlib.suppress(ImportError):
+        import onnxruntime  # type: ignore[import-untyped]  # noqa: F401
+    from usearch.index import Index
+
+    return Index
 
 
 async def build_in_thread(vectors: Matrix, ann_threshold: int) -> VectorIndex:
