@@ -366,7 +366,7 @@ def run(
 
 def _micro(quick: bool) -> dict[str, Any]:
     out = subprocess.run(
-        [PYTHON, "-m", "fenlo_server.bench.micro", *(["--quick"] if quick else [])],
+        [PYTHON, "-m", "fenlo_server.bench.micro", *([] if quick else ["--full"])],
         check=True,
         capture_output=True,
         text=True,

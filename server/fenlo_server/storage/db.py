@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.expression import TableClause
+from sqlalchemy.util import await_only
 
 from fenlo_server.errors import Reason, Unavailable
 from fenlo_server.storage.models import Base, TenantScoped
@@ -170,8 +171,57 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}")
     cursor.close()
+
+
+SQLITE_BUSY_SECONDS = 5.0
+WRITE_GATE_KEY = "fenlo_write_gate"
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLAC")
+
+
+class SqliteWriteGate:
+    """One writing transaction at a time in this process, handed on at once.
+
+    SQLite lets one connection write at a time; another that tries waits in
+    SQLite's busy handler, which sleeps 1, 2, 5, ... up to 100 ms between tries,
+    so under concurrent writes most of a turn went to sleeping while the lock was
+    already free. A transaction takes this gate before its first write (where
+    pysqlite begins the transaction; its reads before that see the latest
+    commit) and gives it back when its connection returns to the pool, after
+    the commit or rollback. Waiting longer than SQLite's busy timeout fails the
+    same way SQLite would: the database is unavailable.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._lock = asyncio.Lock()
+        self._timeout = timeout
+
+    def attach(self, engine: Engine) -> None:
+        event.listen(engine, "before_cursor_execute", self._before_execute)
+        event.listen(engine.pool, "checkin", self._returned)
+        event.listen(engine.pool, "invalidate", self._invalidated)
+
+    async def _acquire(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._lock.acquire()
+        except TimeoutError:
+            raise _unavailable() from None
+
+    def _before_execute(self, conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        info = conn.info
+        if info.get(WRITE_GATE_KEY) or not statement.lstrip()[:6].upper().startswith(_WRITES):
+            return
+        await_only(self._acquire())
+        info[WRITE_GATE_KEY] = True
+
+    def _returned(self, _dbapi_connection: Any, record: Any) -> None:
+        if record is not None and record.info.pop(WRITE_GATE_KEY, False):
+            self._lock.release()
+
+    def _invalidated(self, _dbapi_connection: Any, record: Any, _exception: Any) -> None:
+        self._returned(_dbapi_connection, record)
 
 
 def _unavailable() -> Unavailable:
@@ -197,6 +247,7 @@ class Database:
         self.engine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            SqliteWriteGate(SQLITE_BUSY_SECONDS).attach(self.engine.sync_engine)
         self._sessions = async_sessionmaker(
             self.engine, expire_on_commit=False, sync_session_class=TenantSession
         )
