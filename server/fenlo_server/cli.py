@@ -39,6 +39,7 @@ from fenlo_server.auth import apikeys
 from fenlo_server.auth.principal import ADMIN, ALL_ROLES, PLATFORM_ADMIN, WORKSPACE_ROLES
 from fenlo_server.cli_remote import add_kb_commands, run_kb
 from fenlo_server.config import Settings
+from fenlo_server.loops import run_on
 
 DEMO_REQUEST_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "https://fenlo.ai/demo-workspace"))
 DEMO_TOKEN_TTL = 24 * 3600
@@ -178,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_format if args.command == "serve" else "text")
     try:
         if args.command == "serve":
-            return asyncio.run(_serve(settings, demo=args.demo))
+            return run_on(settings.event_loop, _serve(settings, demo=args.demo))
         if args.command == "migrate":
             return asyncio.run(_migrate(settings))
         if args.command == "workspace":
@@ -236,7 +237,8 @@ async def _serve(settings: Settings, *, demo: bool) -> int:
 
     app = await FenloApp.create(settings)
     await app.start()
-    print(f"fenlo: listening on {settings.host}:{app.port}", flush=True)
+    loop = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+    print(f"fenlo: listening on {settings.host}:{app.port} (event loop: {loop})", flush=True)
     if demo:
         await _print_demo(app)
     loop = asyncio.get_running_loop()

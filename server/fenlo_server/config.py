@@ -87,6 +87,11 @@ class Settings(BaseSettings):
         9464, description="Prometheus metrics port; 0 or unset disables the endpoint."
     )
     metrics_host: str = Field("127.0.0.1", description="Address of the metrics endpoint.")
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto",
+        description="Event loop of `fenlo serve`: `auto` is uvloop when installed (it is a "
+        "dependency on Linux), else asyncio.",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: Literal["json", "text"] = Field(
         "json", description="`json`: one JSON object per line; `text`: for people."

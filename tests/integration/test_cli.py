@@ -311,7 +311,7 @@ async def serve_demo(tmp_path: Path, data_dir: Path) -> Demo:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.1)  # the rest of the block is printed in the same write
         printed = out_file.read_text()
-        assert f"fenlo: listening on 127.0.0.1:{port}" in printed
+        assert f"fenlo: listening on 127.0.0.1:{port} (event loop: uvloop)" in printed
         [workspace_id] = re.findall(r"Demo workspace: workspaces/([0-9a-z]{26})", printed)
         [token] = re.findall(r"export FENLO_TOKEN=(\S+)", printed)
         [command, chat_command] = [

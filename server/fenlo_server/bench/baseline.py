@@ -27,7 +27,7 @@ from typing import Any
 from grpc import aio
 
 from fenlo.v1 import chat_pb2, chat_pb2_grpc, conversation_pb2
-from fenlo_server.bench.loops import run_on
+from fenlo_server.loops import run_on
 
 
 class BaselineChat(chat_pb2_grpc.ChatServiceServicer):

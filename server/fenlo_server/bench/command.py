@@ -24,11 +24,11 @@ def _clean(value: Any) -> Any:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    loop = args.loop
-    if loop == "auto":
-        from fenlo_server.bench.loops import server_loop
+    from fenlo_server.config import Settings
+    from fenlo_server.loops import resolve
 
-        loop = server_loop()
+    # `auto`: whatever `fenlo serve` would run on here, for the baseline too.
+    loop = resolve(Settings().event_loop if args.loop == "auto" else args.loop)
     results = harness.run(quick=args.quick, loop=loop, progress=sys.stderr)
     print(report.table(results), flush=True)
     if args.write is not None:

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fenlo_server.bench.loops import run_on
+from fenlo_server.loops import run_on
 
 # The guard's per-conversation pace would refuse a benchmark's fast turns.
 GUARD = {"name": "prompt_guard", "params": {"conversation_turns_per_minute": 100000}}

@@ -63,7 +63,8 @@ class Plan:
 class Server:
     """A server process that prints one JSON line once it listens."""
 
-    def __init__(self, args: list[str], log: IO[str]) -> None:
+    def __init__(self, args: list[str], log: IO[str], loop: str = "asyncio") -> None:
+        self.loop = loop  # the client load runs on the same loop as the servers
         self.process = subprocess.Popen(
             [PYTHON, "-m", *args],
             stdout=subprocess.PIPE,
@@ -101,8 +102,12 @@ class Server:
             self.process.wait()
 
 
-def _load(spec: dict[str, Any], *, idle: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Run one client-load process; in idle mode call ``idle()`` while the streams are open."""
+def _load(
+    server: Server, spec: dict[str, Any], *, idle: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Run one client-load process against ``server``; in idle mode call ``idle()``
+    while the streams are open."""
+    spec = {"target": server.target, "loop": server.loop, **spec}
     process = subprocess.Popen(
         [PYTHON, "-m", "fenlo_server.bench.load"],
         stdin=subprocess.PIPE,
@@ -146,13 +151,13 @@ def drive(
     """One load run: turns/s, tokens/s, ttft and turn percentiles, server CPU per turn."""
     cpu = server.cpu_s()
     result = _load(
+        server,
         {
-            "target": server.target,
             "mode": "turns",
             "streams": streams,
             "turns": turns,
             "texts": texts,
-        }
+        },
     )
     cpu = server.cpu_s() - cpu
     turns_done = max(result["turns"], 1)
@@ -192,13 +197,13 @@ def idle_memory(server: Server, stream: dict[str, Any], count: int, texts: list[
     """KiB of server RSS per open stream that did one turn (after a warm-up of the same)."""
     warm = min(100, count)
     _load(
+        server,
         {
-            "target": server.target,
             "mode": "turns",
             "streams": [stream] * warm,
             "turns": 1,
             "texts": texts,
-        }
+        },
     )
     before = server.rss_kib()
     after: list[int] = []
@@ -208,7 +213,8 @@ def idle_memory(server: Server, stream: dict[str, Any], count: int, texts: list[
         after.append(server.rss_kib())
 
     result = _load(
-        {"target": server.target, "mode": "idle", "streams": [stream] * count, "texts": texts},
+        server,
+        {"mode": "idle", "streams": [stream] * count, "texts": texts},
         idle=measure,
     )
     if result["failed"]:
@@ -223,13 +229,13 @@ def sequential_first_turns(
     ttft: list[float] = []
     for stream in streams:
         result = _load(
+            server,
             {
-                "target": server.target,
                 "mode": "turns",
                 "streams": [stream],
                 "turns": 1,
                 "texts": texts,
-            }
+            },
         )
         ttft += result["ttft_ms"]
     return ttft
@@ -254,9 +260,12 @@ def servers(plan: Plan, workdir: Path, log: IO[str]) -> Iterator[tuple[Server, S
                 plan.loop,
             ],
             log,
+            plan.loop,
         )
         baseline = Server(
-            ["fenlo_server.bench.baseline", "--rate", str(plan.rate), "--loop", plan.loop], log
+            ["fenlo_server.bench.baseline", "--rate", str(plan.rate), "--loop", plan.loop],
+            log,
+            plan.loop,
         )
         yield fenlo, baseline
     finally:

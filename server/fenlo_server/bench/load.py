@@ -24,6 +24,7 @@ from typing import Any
 from grpc import aio
 
 from fenlo.v1 import chat_pb2, chat_pb2_grpc
+from fenlo_server.loops import run_on
 
 OPENING_AT_ONCE = 50
 CHANNEL_OPTIONS = [("grpc.max_concurrent_streams", 0)]
@@ -163,15 +164,15 @@ async def run_idle(spec: dict[str, Any]) -> dict[str, Any]:
     return {**tally.__dict__, "open": len(streams)}
 
 
-async def main_async() -> dict[str, Any]:
-    spec = json.loads(sys.stdin.readline())
+async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["mode"] == "idle":
         return await run_idle(spec)
     return await run_turns(spec)
 
 
 def main() -> int:
-    print(json.dumps(asyncio.run(main_async())), flush=True)
+    spec = json.loads(sys.stdin.readline())
+    print(json.dumps(run_on(spec.get("loop", "asyncio"), measure(spec))), flush=True)
     return 0
 
 
