@@ -10,7 +10,7 @@ GEN_DIR := clients/python/fenlo/v1
 GEN_STAMP := $(GEN_DIR)/.generated-from
 CONTRACT_IMAGE := protos/released/fenlo-v1.binpb
 
-.PHONY: run test lint docs kb-eval generate check-generated buf-lint buf-breaking contract-image reliability clean
+.PHONY: run test lint bench docs kb-eval generate check-generated buf-lint buf-breaking contract-image reliability clean
 
 # Create the virtual environment and install Fenlo with its development tools.
 $(STAMP): pyproject.toml
@@ -55,6 +55,12 @@ generate-if-stale: $(STAMP)
 # Fail when the committed generated code does not match protos/.
 check-generated: $(STAMP)
 	$(PY) scripts/generate.py --check
+
+# The benchmark: Fenlo against a bare grpc.aio baseline in the same run (a few
+# minutes); prints the table and updates bench/results/latest.json and latest.png.
+bench: $(STAMP)
+	@$(MAKE) --no-print-directory generate-if-stale
+	$(BIN)/fenlo bench --quick --json --write bench/results
 
 # Measure retrieval on the evaluation set and update docs/knowledge-eval.md.
 kb-eval: $(STAMP)
