@@ -380,7 +380,7 @@ def _micro(quick: bool) -> dict[str, Any]:
         capture_output=True,
         text=True,
     ).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out)  # one (indented) JSON object
     return result
 
 
