@@ -5,6 +5,7 @@ workspace. Nothing here knows about gRPC or protobuf.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -290,8 +291,10 @@ class ConversationRepository:
         interrupted: bool = False,
         author: str = "",
         citations: list[dict[str, Any]] | None = None,
+        conversation_values: Mapping[str, Any] | None = None,
     ) -> MessageRow:
-        """Store a message as the conversation's next one (its ``seq``)."""
+        """Store a message as the conversation's next one (its ``seq``);
+        ``conversation_values`` are set on the conversation in the same statement."""
         now = utcnow()
         result = await self._session.execute(
             update(ConversationRow)
@@ -301,6 +304,7 @@ class ConversationRepository:
                 message_count=ConversationRow.message_count + 1,
                 last_message_time=now,
                 update_time=now,
+                **(conversation_values or {}),
             )
             .returning(ConversationRow.last_seq)
         )

@@ -113,7 +113,12 @@ async def store_turn(session: AsyncSession, record: TurnRecord) -> str:
     workspace_id = workspace_of(session)
     repo = ConversationRepository(session)
     assistant_id = ""
+    conversation_values: dict[str, Any] = {"analysis": record.conversation_analysis}
+    if record.new_state:
+        conversation_values["state"] = record.new_state
     if record.answer is not None:
+        # The conversation's analysis and state go with the answer's counters, in
+        # one statement; a conversation deleted or erased while the turn ran raises.
         assistant = await repo.append_message(
             record.conversation_id,
             role="ASSISTANT",
@@ -121,28 +126,24 @@ async def store_turn(session: AsyncSession, record: TurnRecord) -> str:
             turn_id=record.turn_id,
             interrupted=record.interrupted,
             citations=record.citations,
+            conversation_values=conversation_values,
         )
         assistant_id = assistant.id
+    else:
+        result = await session.execute(
+            update(ConversationRow)
+            .where(ConversationRow.id == record.conversation_id)
+            .values(update_time=utcnow(), **conversation_values)
+        )
+        if not getattr(result, "rowcount", 0):
+            # Deleted or erased while the turn ran: store nothing of it (no lead, no events).
+            raise conversation_gone(workspace_id, record.conversation_id)
     values: dict[str, Any] = {"analysis": record.turn_analysis}
     if record.stored_user_text is not None:
         values["text"] = record.stored_user_text
     await session.execute(
         update(MessageRow).where(MessageRow.id == record.user_message_id).values(**values)
     )
-    conversation_values: dict[str, Any] = {
-        "analysis": record.conversation_analysis,
-        "update_time": utcnow(),
-    }
-    if record.new_state:
-        conversation_values["state"] = record.new_state
-    result = await session.execute(
-        update(ConversationRow)
-        .where(ConversationRow.id == record.conversation_id)
-        .values(**conversation_values)
-    )
-    if not getattr(result, "rowcount", 0):
-        # Deleted or erased while the turn ran: store nothing of it (no lead, no events).
-        raise conversation_gone(workspace_id, record.conversation_id)
     if record.lead is not None:
         lead = (
             await session.execute(
