@@ -237,8 +237,9 @@ async def _serve(settings: Settings, *, demo: bool) -> int:
 
     app = await FenloApp.create(settings)
     await app.start()
-    loop = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
-    print(f"fenlo: listening on {settings.host}:{app.port} (event loop: {loop})", flush=True)
+    running = type(asyncio.get_running_loop()).__module__
+    flavour = "uvloop" if running.startswith("uvloop") else "asyncio"
+    print(f"fenlo: listening on {settings.host}:{app.port} (event loop: {flavour})", flush=True)
     if demo:
         await _print_demo(app)
     loop = asyncio.get_running_loop()

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from fenlo.v1 import chat_pb2, conversation_pb2
+from fenlo_server.storage.repositories import ConversationRepository
 from tests.chat_helpers import ChatStream, Turn
 from tests.helpers import Api, decode_status
 
@@ -273,6 +274,43 @@ async def test_repeated_client_message_id_replays_the_turn(
     await elsewhere.call.done_writing()
     await elsewhere.rest()
     assert len(await messages(api, token, other.conversation.name)) == 2
+
+
+async def test_a_new_client_message_id_costs_no_lookup_and_a_repeat_is_still_found(
+    api: Api, workspace: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace_id, token = workspace
+    lookups: list[str] = []
+    real = ConversationRepository.find_user_message
+
+    async def counted(repo: ConversationRepository, conversation: str, client_id: str) -> object:
+        lookups.append(client_id)
+        return await real(repo, conversation, client_id)
+
+    monkeypatch.setattr(ConversationRepository, "find_user_message", counted)
+    stream = ChatStream(api, token)
+    name = (await stream.start(parent=f"workspaces/{workspace_id}")).conversation.name
+    for n in range(3):
+        await stream.say(f"question {n}", client_message_id=f"new-{n}")
+        assert (await stream.turn()).started.replayed is False
+    assert lookups == []
+    await stream.say("question 1 again", client_message_id="new-1")
+    assert (await stream.turn()).started.replayed is True
+    assert lookups == ["new-1"]
+    await stream.call.done_writing()
+    await stream.rest()
+
+    # A stream that resumes the conversation knows its stored ids from the start.
+    resumed = ChatStream(api, token)
+    await resumed.start(conversation=name)
+    await resumed.say("question 0 again", client_message_id="new-0")
+    assert (await resumed.turn()).started.replayed is True
+    await resumed.say("question 3", client_message_id="new-3")
+    assert (await resumed.turn()).started.replayed is False
+    assert lookups == ["new-1", "new-0"]
+    await resumed.call.done_writing()
+    await resumed.rest()
+    assert len(await messages(api, token, name)) == 8  # four turns, none stored twice
 
 
 # Ending the stream

@@ -309,6 +309,10 @@ class ChatSession:
         self._workspace_id = ""
         self._conversation_id = ""
         self._memory = ConversationMemory()
+        # The client_message_ids stored in the conversation: read once when a stream
+        # resumes it, then kept here (a stream holds the conversation's lock, so no
+        # other stream adds any), so a new message costs no lookup before its turn.
+        self._stored_ids: set[str] = set()
         self._sentences = False
         self._closing = False
         self._current: tuple[str, TurnControl, MessageContext] | None = None
@@ -431,7 +435,9 @@ class ChatSession:
             )
             authorize_workspace(workspace_id)
             async with db.workspace(workspace_id) as session:
-                row = await ConversationRepository(session).get(conversation_id)
+                repo = ConversationRepository(session)
+                row = await repo.get(conversation_id)
+                stored_ids = await repo.client_message_ids(conversation_id) if row else set()
             if row is None:
                 raise not_found("conversation", start.conversation)
             if row.state == "CLOSED":
@@ -474,6 +480,7 @@ class ChatSession:
                     ],
                 )
             resumed = False
+            stored_ids = set()
         else:
             raise invalid(
                 "start", "must set `conversation` (to resume) or `parent` (to begin a new one)"
@@ -488,6 +495,7 @@ class ChatSession:
             )
         self._workspace_id = workspace_id
         self._conversation_id = row.id
+        self._stored_ids = stored_ids
         self._memory.state = row.state
         self._hub.attach(self, row.id)
         return chat_pb2.ChatResponse(
@@ -665,7 +673,9 @@ class ChatSession:
             max_chars=MAX_CLIENT_MESSAGE_ID,
         )
         violations.raise_if_any()
-        if message.client_message_id and await self._replay(message.client_message_id):
+        if message.client_message_id in self._stored_ids and await self._replay(
+            message.client_message_id
+        ):
             return
         info = await self._deps.directory.get(self._workspace_id)
         if info is None:
@@ -713,6 +723,8 @@ class ChatSession:
                 client_message_id=ctx.client_message_id,
             )
         ctx.user_message_id = row.id
+        if ctx.client_message_id:
+            self._stored_ids.add(ctx.client_message_id)
 
     async def _run_pipeline(self, pipeline: Any, ctx: MessageContext, control: TurnControl) -> None:
         turn_id = ctx.turn_id

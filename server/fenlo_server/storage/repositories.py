@@ -349,6 +349,15 @@ class ConversationRepository:
         )
         return list((await self._session.execute(query)).scalars())
 
+    async def client_message_ids(self, conversation_id: str) -> set[str]:
+        """The client_message_ids of the conversation's stored user messages."""
+        query = select(MessageRow.client_message_id).where(
+            MessageRow.conversation_id == conversation_id,
+            MessageRow.role == "USER",
+            MessageRow.client_message_id != "",
+        )
+        return set((await self._session.execute(query)).scalars())
+
     async def find_user_message(
         self, conversation_id: str, client_message_id: str
     ) -> MessageRow | None:
