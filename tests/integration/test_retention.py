@@ -145,10 +145,11 @@ async def test_the_server_runs_retention_on_its_timer(
             old = await chat_turns(api, admin, ws, "c", [f"timer {mark}"])
             await backdate_conversation(app.db, ws, cid(old), utcnow() - timedelta(days=8))
             deadline = time.monotonic() + 15
-            while found_in(await table_dump(app.db, ws), mark):
+            # The run counts itself once it has been through every workspace, a moment
+            # after this one's rows are gone.
+            while found_in(await table_dump(app.db, ws), mark) or app.retention.runs < 1:
                 assert time.monotonic() < deadline, "the timer did not remove the old messages"
                 await asyncio.sleep(0.1)
-            assert app.retention.runs >= 1
     finally:
         await app.stop(grace=0)
 

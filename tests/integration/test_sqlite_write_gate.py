@@ -4,6 +4,8 @@ instead of in SQLite's sleeping busy handler."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +95,66 @@ async def test_a_writer_held_up_past_the_busy_timeout_is_unavailable(
             await ConversationRepository(session).append_message(second, role="USER", text="c")
     finally:
         await db.dispose()
+
+
+async def _writer_while_locked(
+    tmp_path: Path, hold: float
+) -> tuple[list[float], BaseException | None]:
+    """Hold SQLite's write lock from another connection (as another process would)
+    for ``hold`` seconds while this process writes; the loop's heartbeats and the
+    write's outcome."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'other.db'}")
+    await migrate.upgrade(db)
+    async with db.unscoped("test") as session:
+        workspace = (
+            await WorkspaceStore(session).create(display_name="Busy", settings={}, quotas={})
+        ).id
+    other = sqlite3.connect(tmp_path / "other.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the write lock, held by "another process"
+    beats: list[float] = []
+
+    async def heartbeat() -> None:
+        while True:
+            beats.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    async def release() -> None:
+        await asyncio.sleep(hold)
+        other.execute("COMMIT")
+
+    beat = asyncio.create_task(heartbeat())
+    releaser = asyncio.create_task(release())
+    outcome: BaseException | None = None
+    try:
+        async with db.workspace(workspace) as session:
+            await ConversationRepository(session).create(
+                channel="API", external_contact_id="", labels={}, state="OPEN"
+            )
+    except BaseException as error:  # the test looks at it
+        outcome = error
+    finally:
+        beat.cancel()
+        await releaser
+        other.close()
+        await db.dispose()
+    return beats, outcome
+
+
+async def test_a_write_waits_for_another_process_without_blocking_the_loop(
+    tmp_path: Path,
+) -> None:
+    started = time.monotonic()
+    beats, outcome = await _writer_while_locked(tmp_path, hold=0.3)
+    assert outcome is None
+    assert time.monotonic() - started >= 0.3  # it did wait for the lock
+    # The loop kept running meanwhile (SQLite's own busy handler would have held it).
+    assert len([t for t in beats if t < started + 0.3]) >= 10
+
+
+async def test_a_write_locked_out_past_the_busy_budget_is_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db_module, "SQLITE_BUSY_SECONDS", 0.2)
+    beats, outcome = await _writer_while_locked(tmp_path, hold=0.6)
+    assert isinstance(outcome, Unavailable)
+    assert len(beats) >= 10

@@ -30,6 +30,7 @@ from sqlalchemy.sql.expression import TableClause
 from sqlalchemy.util import await_only
 
 from fenlo_server.errors import Reason, Unavailable
+from fenlo_server.storage import sqlite_inline
 from fenlo_server.storage.models import Base, TenantScoped
 
 WORKSPACE_KEY = "workspace_id"
@@ -166,13 +167,16 @@ def _check_rows(session: Session, _context: Any, _instances: Any) -> None:
             )
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}")
-    cursor.close()
+def _sqlite_pragmas(busy_ms: int) -> Callable[[Any, Any], None]:
+    def apply(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cursor.close()
+
+    return apply
 
 
 SQLITE_BUSY_SECONDS = 5.0
@@ -234,19 +238,27 @@ def _unavailable() -> Unavailable:
 class Database:
     """Owns the engine; hands out workspace-scoped sessions."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, sqlite_in_loop: bool = True) -> None:
+        """``sqlite_in_loop``: a SQLite file is used from the event loop's thread
+        (:mod:`~fenlo_server.storage.sqlite_inline`) rather than aiosqlite's."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.sqlite_in_loop = False
         kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": not self.is_sqlite}
         if self.is_sqlite:
             path = url.split(":///", 1)[1] if ":///" in url else ""
-            if path and path != ":memory:":
+            if path and path != ":memory:" and "?" not in path:
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                if sqlite_in_loop:
+                    self.sqlite_in_loop = True
+                    kwargs["async_creator"] = sqlite_inline.creator(path, SQLITE_BUSY_SECONDS)
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_timeout=10)
         self.engine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            # In the loop, waits for another process's lock are cooperative (busy 0).
+            busy_ms = 0 if self.sqlite_in_loop else int(SQLITE_BUSY_SECONDS * 1000)
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas(busy_ms))
             SqliteWriteGate(SQLITE_BUSY_SECONDS).attach(self.engine.sync_engine)
         self._sessions = async_sessionmaker(
             self.engine, expire_on_commit=False, sync_session_class=TenantSession
