@@ -31,6 +31,7 @@ async def append_events(session: AsyncSession, events: Sequence[Event]) -> list[
         .where(WorkspaceRow.id == workspace_id)
         .values(event_seq=WorkspaceRow.event_seq + len(events))
         .returning(WorkspaceRow.event_seq)
+        .execution_options(synchronize_session=False)  # no loaded workspace to update
     )
     last = int(result.scalar_one())
     now = utcnow()

@@ -134,6 +134,7 @@ async def store_turn(session: AsyncSession, record: TurnRecord) -> str:
             update(ConversationRow)
             .where(ConversationRow.id == record.conversation_id)
             .values(update_time=utcnow(), **conversation_values)
+            .execution_options(synchronize_session=False)
         )
         if not getattr(result, "rowcount", 0):
             # Deleted or erased while the turn ran: store nothing of it (no lead, no events).
@@ -142,7 +143,10 @@ async def store_turn(session: AsyncSession, record: TurnRecord) -> str:
     if record.stored_user_text is not None:
         values["text"] = record.stored_user_text
     await session.execute(
-        update(MessageRow).where(MessageRow.id == record.user_message_id).values(**values)
+        update(MessageRow)
+        .where(MessageRow.id == record.user_message_id)
+        .values(**values)
+        .execution_options(synchronize_session=False)  # the message is not loaded here
     )
     if record.lead is not None:
         lead = (
