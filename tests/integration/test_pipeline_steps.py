@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+import sqlalchemy
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fenlo.v1 import knowledge_pb2, knowledge_pb2_grpc
@@ -503,6 +504,52 @@ async def test_persistence_stores_the_turn_lead_and_events_together(kit: Kit) ->
     assert memory.turns == 1
 
 
+async def test_a_known_lead_is_updated_without_a_read_and_made_again_if_it_went(
+    kit: Kit,
+) -> None:
+    memory = ConversationMemory(loaded=True)
+    reads: list[str] = []  # the lead reads of the persistence step
+    counting = False
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if counting and statement.lstrip().startswith("SELECT") and "FROM leads" in statement:
+            reads.append(statement)
+
+    async def turn(text: str) -> MessageContext:
+        nonlocal counting
+        ctx = kit.context(text, memory=memory)
+        await kit.store_user(ctx)
+        ctx.answer_parts = ["Noted."]
+        await lead_scoring.create({}).run(ctx)
+        counting = True
+        try:
+            await persistence.create({}).run(ctx)
+        finally:
+            counting = False
+        return ctx
+
+    engine = kit.services.db.engine.sync_engine
+    sqlalchemy.event.listen(engine, "before_cursor_execute", count)
+    try:
+        await turn("What does the premium plan cost?")
+        [lead] = await kit.rows(select(LeadRow))
+        assert memory.lead_id == lead.id and len(reads) == 1  # found none, made one
+        second = await turn("We need it by next month, mail me at ana@example.com")
+        assert len(reads) == 1, "the known lead was read again"
+        [lead] = await kit.rows(select(LeadRow))
+        assert lead.id == memory.lead_id and lead.turns == 2
+        assert lead.contact["email"] == "ana@example.com"
+        assert second.lead is not None and lead.score == pytest.approx(second.lead.state.score)
+
+        async with kit.services.db.workspace(kit.workspace) as session:  # deleted meanwhile
+            await session.execute(delete(LeadRow))
+        await turn("And the price for ten seats?")
+        [again] = await kit.rows(select(LeadRow))
+        assert again.id != lead.id and memory.lead_id == again.id
+    finally:
+        sqlalchemy.event.remove(engine, "before_cursor_execute", count)
+
+
 async def test_persistence_is_one_transaction(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
     ctx = kit.context("Hello there")
     await kit.store_user(ctx)
@@ -514,7 +561,6 @@ async def test_persistence_is_one_transaction(kit: Kit, monkeypatch: pytest.Monk
     # The events are written after the messages, the conversation and the lead:
     # when they cannot be, none of the turn is stored.
     monkeypatch.setattr(turns, "append_events", broken)
-    monkeypatch.setattr(persistence, "append_events", broken)
     with pytest.raises(RuntimeError):
         await persistence.create({}).run(ctx)
     assert await kit.rows(select(MessageRow).where(MessageRow.role == "ASSISTANT")) == []
@@ -523,7 +569,6 @@ async def test_persistence_is_one_transaction(kit: Kit, monkeypatch: pytest.Monk
     assert ctx.memory.turns == 0 and ctx.memory.history == []
 
     monkeypatch.setattr(turns, "append_events", outbox.append_events)
-    monkeypatch.setattr(persistence, "append_events", outbox.append_events)
     await persistence.create({}).run(ctx)
     assert len(await kit.rows(select(MessageRow).where(MessageRow.role == "ASSISTANT"))) == 1
 

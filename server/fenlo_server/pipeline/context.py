@@ -48,6 +48,7 @@ class ConversationMemory:
     qualities: list[float] = field(default_factory=list)  # per answer, oldest first
     last_sentiment: str = ""
     lead: LeadState = field(default_factory=LeadState)
+    lead_id: str = ""  # the stored lead's id, once there is one
     turns: int = 0
 
 

@@ -3,10 +3,11 @@ and everything a completed turn stores, in one transaction."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fenlo_server.events.types import Event
@@ -33,6 +34,7 @@ class LoadedConversation:
     lead_turns: int = 0
     lead_signals: list[dict[str, Any]] = field(default_factory=list)
     lead_contact: dict[str, str] = field(default_factory=dict)
+    lead_id: str = ""
 
 
 _ROLES = {"USER": "user", "ASSISTANT": "assistant", "AGENT": "assistant"}
@@ -70,6 +72,7 @@ async def load_conversation(
         lead_turns=lead.turns if lead else 0,
         lead_signals=list(lead.signals) if lead else [],
         lead_contact=dict(lead.contact) if lead else {},
+        lead_id=lead.id if lead else "",
     )
 
 
@@ -106,10 +109,19 @@ class TurnRecord:
     events: list[Event]
     stored_user_text: str | None = None  # when the stored text must change (masking)
     stats: TurnStats | None = None
+    lead_id: str = ""  # the conversation's lead, when the caller knows it is stored
+    # Events that name the answer's id, made once it is known (after ``events``).
+    closing: Callable[[str], list[Event]] | None = None
 
 
-async def store_turn(session: AsyncSession, record: TurnRecord) -> str:
-    """Write the turn; return the assistant message's id ("" when none)."""
+@dataclass(frozen=True, slots=True)
+class StoredTurn:
+    assistant_id: str  # "" when there is no answer
+    lead_id: str  # "" when the turn has no lead
+
+
+async def store_turn(session: AsyncSession, record: TurnRecord) -> StoredTurn:
+    """Write the turn, its lead and its events (one outbox write)."""
     workspace_id = workspace_of(session)
     repo = ConversationRepository(session)
     assistant_id = ""
@@ -148,30 +160,9 @@ async def store_turn(session: AsyncSession, record: TurnRecord) -> str:
         .values(**values)
         .execution_options(synchronize_session=False)  # the message is not loaded here
     )
+    lead_id = ""
     if record.lead is not None:
-        lead = (
-            await session.execute(
-                select(LeadRow).where(LeadRow.conversation_id == record.conversation_id)
-            )
-        ).scalar_one_or_none()
-        now = utcnow()
-        if lead is None:
-            lead = LeadRow(
-                id=new_id(),
-                workspace_id=workspace_id,
-                conversation_id=record.conversation_id,
-                status="NEW",
-                create_time=now,
-            )
-            session.add(lead)
-        lead.score = float(record.lead["score"])
-        lead.turns = int(record.lead["turns"])
-        lead.signals = list(record.lead["signals"])
-        lead.contact = dict(record.lead["contact"])
-        if record.lead.get("qualified") and lead.qualified_time is None:
-            lead.qualified_time = now
-        lead.update_time = now
-        await session.flush()
+        lead_id = await _store_lead(session, workspace_id, record)
     if record.stats is not None:
         stats = record.stats
         session.add(
@@ -194,8 +185,57 @@ async def store_turn(session: AsyncSession, record: TurnRecord) -> str:
             )
         )
         await session.flush()
-    await append_events(session, record.events)
-    return assistant_id
+    closing = record.closing(assistant_id) if record.closing is not None else []
+    await append_events(session, [*record.events, *closing])
+    return StoredTurn(assistant_id, lead_id)
+
+
+async def _store_lead(session: AsyncSession, workspace_id: str, record: TurnRecord) -> str:
+    """Update (or create) the conversation's lead; return its id."""
+    assert record.lead is not None
+    now = utcnow()
+    values: dict[str, Any] = {
+        "score": float(record.lead["score"]),
+        "turns": int(record.lead["turns"]),
+        "signals": list(record.lead["signals"]),
+        "contact": dict(record.lead["contact"]),
+        "update_time": now,
+    }
+    if record.lead.get("qualified"):
+        values["qualified_time"] = func.coalesce(LeadRow.qualified_time, now)
+    if record.lead_id:
+        # Known to exist: one statement, no read (gone meanwhile: made again below).
+        result = await session.execute(
+            update(LeadRow)
+            .where(LeadRow.id == record.lead_id)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(result, "rowcount", 0):
+            return record.lead_id
+    lead = (
+        await session.execute(
+            select(LeadRow).where(LeadRow.conversation_id == record.conversation_id)
+        )
+    ).scalar_one_or_none()
+    if lead is None:
+        lead = LeadRow(
+            id=new_id(),
+            workspace_id=workspace_id,
+            conversation_id=record.conversation_id,
+            status="NEW",
+            create_time=now,
+        )
+        session.add(lead)
+    lead.score = values["score"]
+    lead.turns = values["turns"]
+    lead.signals = values["signals"]
+    lead.contact = values["contact"]
+    if record.lead.get("qualified") and lead.qualified_time is None:
+        lead.qualified_time = now
+    lead.update_time = now
+    await session.flush()
+    return str(lead.id)
 
 
 async def trim_answer(session: AsyncSession, message_id: str, delivered: int) -> str | None:

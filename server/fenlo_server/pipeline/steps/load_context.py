@@ -61,6 +61,7 @@ class LoadContext:
                 signals=tuple(LeadSignal(**s) for s in loaded.lead_signals),
                 contact=dict(loaded.lead_contact),
             )
+            memory.lead_id = loaded.lead_id
             memory.loaded = True
         if memory.state == "CLOSED":
             raise FailedPrecondition(

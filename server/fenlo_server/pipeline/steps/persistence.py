@@ -12,7 +12,6 @@ from fenlo_server.events import types as events
 from fenlo_server.llm.types import ChatMessage
 from fenlo_server.pipeline import annotate
 from fenlo_server.pipeline.context import MessageContext
-from fenlo_server.storage.outbox import append_events
 from fenlo_server.storage.turns import RECENT, TurnRecord, TurnStats, store_turn
 
 NAME = "persistence"
@@ -74,6 +73,30 @@ class Persistence:
                     {"conversation": conversation, "state": new_state},
                 )
             )
+
+        def closing(assistant_id: str) -> list[events.Event]:
+            """The events that name the answer, in the turn's one outbox write."""
+            out = []
+            if assistant_id:
+                out.append(
+                    events.Event(
+                        events.MESSAGE_CREATED,
+                        {"message": f"{conversation}/messages/{assistant_id}", "role": "assistant"},
+                    )
+                )
+            out.append(
+                events.Event(
+                    events.TURN_COMPLETED,
+                    {
+                        "conversation": conversation,
+                        "turn": ctx.turn_id,
+                        "providers": ctx.providers,
+                        "interrupted": ctx.interrupted,
+                    },
+                )
+            )
+            return out
+
         record = TurnRecord(
             conversation_id=ctx.conversation_id,
             turn_id=ctx.turn_id,
@@ -87,32 +110,14 @@ class Persistence:
             lead=annotate.lead_json(ctx),
             events=record_events,
             stats=turn_stats(ctx),
+            lead_id=memory.lead_id,
+            closing=closing,
         )
         async with ctx.services.db.workspace(ctx.workspace_id) as session:
-            ctx.assistant_message_id = await store_turn(session, record)
-            closing = []  # these need the answer's id, written in the same transaction
-            if ctx.assistant_message_id:
-                closing.append(
-                    events.Event(
-                        events.MESSAGE_CREATED,
-                        {
-                            "message": f"{conversation}/messages/{ctx.assistant_message_id}",
-                            "role": "assistant",
-                        },
-                    )
-                )
-            closing.append(
-                events.Event(
-                    events.TURN_COMPLETED,
-                    {
-                        "conversation": conversation,
-                        "turn": ctx.turn_id,
-                        "providers": ctx.providers,
-                        "interrupted": ctx.interrupted,
-                    },
-                )
-            )
-            await append_events(session, closing)
+            stored = await store_turn(session, record)
+        ctx.assistant_message_id = stored.assistant_id
+        if stored.lead_id:
+            memory.lead_id = stored.lead_id
         # What later turns of this stream see.
         memory.history.append(ChatMessage("user", ctx.text))
         if answer:
