@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import Integer, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fenlo_server.events.types import Event
@@ -18,6 +18,15 @@ from fenlo_server.ids import new_id
 from fenlo_server.storage.db import COMMITTED_EVENTS_KEY
 from fenlo_server.storage.models import OutboxEventRow, WorkspaceRow, utcnow
 from fenlo_server.storage.repositories import workspace_of
+
+# Built once: building the statement cost as much as running it.
+_TAKE_SEQUENCE = (
+    update(WorkspaceRow)
+    .where(WorkspaceRow.id == bindparam("workspace_id"))
+    .values(event_seq=WorkspaceRow.event_seq + bindparam("count", type_=Integer))
+    .returning(WorkspaceRow.event_seq)
+    .execution_options(synchronize_session=False)  # no loaded workspace to update
+)
 
 
 async def append_events(session: AsyncSession, events: Sequence[Event]) -> list[OutboxEventRow]:
@@ -27,11 +36,7 @@ async def append_events(session: AsyncSession, events: Sequence[Event]) -> list[
         return []
     workspace_id = workspace_of(session)
     result = await session.execute(
-        update(WorkspaceRow)
-        .where(WorkspaceRow.id == workspace_id)
-        .values(event_seq=WorkspaceRow.event_seq + len(events))
-        .returning(WorkspaceRow.event_seq)
-        .execution_options(synchronize_session=False)  # no loaded workspace to update
+        _TAKE_SEQUENCE, {"workspace_id": workspace_id, "count": len(events)}
     )
     last = int(result.scalar_one())
     now = utcnow()

@@ -5,12 +5,13 @@ workspace. Nothing here knows about gRPC or protobuf.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -188,6 +189,28 @@ class ConversationFilter:
     create_time_end: datetime | None = None
 
 
+@functools.lru_cache(maxsize=32)
+def _next_message_statement(extra: tuple[str, ...]) -> Any:
+    """``UPDATE conversations`` taking the next message ``seq`` (and setting the
+    ``extra`` columns), built once per column set: building it cost as much as
+    running it."""
+    columns = ConversationRow.__table__.c
+    return (
+        update(ConversationRow)
+        .where(ConversationRow.id == bindparam("conversation_id"))
+        .values(
+            last_seq=ConversationRow.last_seq + 1,
+            message_count=ConversationRow.message_count + 1,
+            last_message_time=bindparam("now", type_=columns.last_message_time.type),
+            update_time=bindparam("now", type_=columns.update_time.type),
+            **{name: bindparam(name, type_=columns[name].type) for name in extra},
+        )
+        .returning(ConversationRow.last_seq)
+        # No loaded object to bring up to date (this costs a third of the call).
+        .execution_options(synchronize_session=False)
+    )
+
+
 class ConversationRepository:
     """One workspace's conversations and their messages."""
 
@@ -296,19 +319,10 @@ class ConversationRepository:
         """Store a message as the conversation's next one (its ``seq``);
         ``conversation_values`` are set on the conversation in the same statement."""
         now = utcnow()
+        extra = dict(conversation_values or {})
         result = await self._session.execute(
-            update(ConversationRow)
-            .where(ConversationRow.id == conversation_id)
-            .values(
-                last_seq=ConversationRow.last_seq + 1,
-                message_count=ConversationRow.message_count + 1,
-                last_message_time=now,
-                update_time=now,
-                **(conversation_values or {}),
-            )
-            .returning(ConversationRow.last_seq)
-            # No loaded object to bring up to date (this costs a third of the call).
-            .execution_options(synchronize_session=False)
+            _next_message_statement(tuple(sorted(extra))),
+            {"conversation_id": conversation_id, "now": now, **extra},
         )
         seq = result.scalar_one_or_none()
         if seq is None:
