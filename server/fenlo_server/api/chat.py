@@ -400,9 +400,9 @@ class ChatSession:
 
     async def _next_request(self) -> object:
         try:
-            return await asyncio.wait_for(
-                self._inbox.get(), self._settings.chat_idle_timeout_seconds
-            )
+            # asyncio.timeout, not wait_for: no task of its own for every request.
+            async with asyncio.timeout(self._settings.chat_idle_timeout_seconds):
+                return await self._inbox.get()
         except TimeoutError:
             return _EOF
 
@@ -541,7 +541,8 @@ class ChatSession:
                 # While a turn runs the stream is not idle; the worker says when it ends.
                 wait = age_left if self._pending else min(age_left, idle_left)
                 try:
-                    item = await asyncio.wait_for(self._inbox.get(), max(wait, 0.01))
+                    async with asyncio.timeout(max(wait, 0.01)):
+                        item = await self._inbox.get()
                 except TimeoutError:
                     continue
                 if item is _TURN_DONE:
