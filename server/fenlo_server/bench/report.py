@@ -141,6 +141,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 9))
     samples = r["samples"]["ttft_ms"]
@@ -151,6 +152,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
             if len(values):
                 ax.plot(values, np.linspace(0, 1, len(values)), label=name)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # the decades only: no overlap
         ax.set_xlabel("time to first token (ms, log)")
         ax.set_ylabel("fraction of turns")
         ax.set_title(f"Time to first token, {count} stream{'s' if count > 1 else ''}")
