@@ -316,6 +316,12 @@ async def _print_demo(app: object) -> None:
 
 async def _seed_demo_knowledge(app: Any, workspace_id: str) -> None:
     """Give the demo workspace its café guide on first start (processed in the background)."""
+    await seed_demo_document(app, workspace_id, only_if_empty=True)
+
+
+async def seed_demo_document(app: Any, workspace_id: str, *, only_if_empty: bool) -> str | None:
+    """Add the café guide to a workspace and queue its processing; its document id
+    (None when ``only_if_empty`` and the workspace has documents already)."""
     import hashlib
 
     from fenlo_server.demo import DEMO_DOCUMENT, DEMO_DOCUMENT_TITLE
@@ -323,8 +329,10 @@ async def _seed_demo_knowledge(app: Any, workspace_id: str) -> None:
 
     async with app.db.workspace(workspace_id) as session:
         repo = DocumentRepository(session)
-        if await repo.list_page(filters=DocumentFilter(), limit=1, before_id=None):
-            return
+        if only_if_empty and await repo.list_page(
+            filters=DocumentFilter(), limit=1, before_id=None
+        ):
+            return None
         content = DEMO_DOCUMENT.encode()
         row = await repo.create(
             title=DEMO_DOCUMENT_TITLE,
@@ -335,6 +343,7 @@ async def _seed_demo_knowledge(app: Any, workspace_id: str) -> None:
             content_sha256=hashlib.sha256(content).hexdigest(),
         )
     await app.jobs.enqueue_ingest(workspace_id, row.id, row.generation)
+    return str(row.id)
 
 
 async def _migrate(settings: Settings) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import signal
@@ -69,24 +68,16 @@ async def _workspace(app: Any, name: str, retrieval: bool) -> str:
 
 
 async def _knowledge(app: Any, workspace_id: str) -> None:
-    from fenlo_server.demo import DEMO_DOCUMENT, DEMO_DOCUMENT_TITLE
+    """The demo café guide, indexed before the server listens."""
+    from fenlo_server.cli import seed_demo_document
     from fenlo_server.storage.knowledge import DocumentRepository
 
-    content = DEMO_DOCUMENT.encode()
-    async with app.db.workspace(workspace_id) as session:
-        row = await DocumentRepository(session).create(
-            title=DEMO_DOCUMENT_TITLE,
-            source_uri="harbour-cafe-guide.md",
-            mime_type="text/markdown",
-            tags=["demo"],
-            content=content,
-            content_sha256=hashlib.sha256(content).hexdigest(),
-        )
-    await app.jobs.enqueue_ingest(workspace_id, row.id, row.generation)
+    document_id = await seed_demo_document(app, workspace_id, only_if_empty=False)
+    assert document_id is not None
     async with asyncio.timeout(120):
         while True:
             async with app.db.workspace(workspace_id) as session:
-                doc = await DocumentRepository(session).get(row.id)
+                doc = await DocumentRepository(session).get(document_id)
             if doc is not None and doc.status == "READY":
                 return
             if doc is None or doc.status == "FAILED":

@@ -135,6 +135,10 @@ def pct(values: Sequence[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
 def median(values: Sequence[float]) -> float:
     return float(np.median(values)) if values else float("nan")
 
@@ -414,7 +418,8 @@ def summarise(
         "ttft_p99_ratio": fen["ttft_p99_ms"] / base["ttft_p99_ms"],
         "added_ttft_p50_ms": one_fen["ttft_p50_ms"] - one_base["ttft_p50_ms"],
         "added_ttft_p50_ms_rag": one_fen_rag["ttft_p50_ms"] - one_base_rag["ttft_p50_ms"],
-        "cpu_ms_per_turn_ratio": fen["cpu_ms_per_turn"] / base["cpu_ms_per_turn"],
+        # CPU time comes in clock ticks (10 ms): a short run may show none at all.
+        "cpu_ms_per_turn_ratio": _ratio(fen["cpu_ms_per_turn"], base["cpu_ms_per_turn"]),
         "ttft_ratio_history_1000_vs_10": median(long) / median(short),
         "history_ttft_p50_ms": {"10": median(short), str(plan.history): median(long)},
         "ttft_ratio_workspaces_1000_vs_1": median(many_ws) / median(one_ws),
