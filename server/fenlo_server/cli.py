@@ -8,6 +8,9 @@
     fenlo llm ask QUESTION [--base-url URL] [--order ...]       stream one answer via the router
     fenlo kb add FILE... --workspace ID [--token T]   upload, wait until READY/FAILED
     fenlo kb search QUERY --workspace ID [--token T]  search a knowledge base
+    fenlo chat --workspace ID [--conversation C]      chat in the terminal (Ctrl-C interrupts)
+    fenlo conversations list --workspace ID           a workspace's conversations
+    fenlo leads list --workspace ID [--min-score S]   a workspace's leads, best first
     fenlo worker                                      run ARQ jobs (needs FENLO_REDIS_URL)
     fenlo retention run [--workspace ID]              one retention run now
     fenlo bench [--quick] [--json] [--write [DIR]]    Fenlo vs a bare gRPC baseline
@@ -37,6 +40,7 @@ from pydantic import ValidationError
 from fenlo_server import logs
 from fenlo_server.auth import apikeys
 from fenlo_server.auth.principal import ADMIN, ALL_ROLES, PLATFORM_ADMIN, WORKSPACE_ROLES
+from fenlo_server.cli_chat import add_chat_commands, run_remote
 from fenlo_server.cli_remote import add_kb_commands, run_kb
 from fenlo_server.config import Settings
 from fenlo_server.loops import run_on
@@ -135,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
         "--passage", action="append", default=[], help="a knowledge passage (repeatable)"
     )
     add_kb_commands(commands)
+    add_chat_commands(commands)
     commands.add_parser(
         "worker",
         help="run background jobs (document ingestion, retention) on ARQ; needs FENLO_REDIS_URL",
@@ -192,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_llm_ask(settings, args))
         if args.command == "kb":
             return run_kb(args)
+        if args.command in ("chat", "conversations", "leads"):
+            return run_remote(args)
         if args.command == "worker":
             return _worker(settings)
         if args.command == "retention":
