@@ -1,7 +1,8 @@
 """CLI commands that call a running server: ``fenlo kb add`` and ``fenlo kb search``.
 
-They take ``--target`` (default 127.0.0.1:50051), ``--workspace`` and a token from
-``--token`` or ``FENLO_TOKEN``; errors print the server's reason on one line.
+They take ``--target`` (default ``FENLO_TARGET`` or 127.0.0.1:50051),
+``--workspace`` and a token from ``--token`` or ``FENLO_TOKEN``; errors print the
+server's reason on one line.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ K = knowledge_pb2
 
 
 def add_remote_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default="127.0.0.1:50051", help="server address")
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("FENLO_TARGET", "127.0.0.1:50051"),
+        help="server address (default: $FENLO_TARGET or 127.0.0.1:50051)",
+    )
     parser.add_argument("--workspace", required=True, help="workspace id")
     parser.add_argument("--token", help="JWT or API key (default: $FENLO_TOKEN)")
     parser.add_argument("--tls", action="store_true", help="connect with TLS")

@@ -1,5 +1,6 @@
-"""The docs' commands, run as written: every ``sh`` block of docs/api-tour.md, in
-order, in one shell, against ``fenlo serve --demo`` (what ``make run`` starts)."""
+"""The docs' commands, run as written: every ``sh`` block of docs/quickstart.md and
+docs/api-tour.md, in order, in one shell, against ``fenlo serve --demo`` (what
+``make run`` starts)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def sh_blocks(doc: Path) -> list[str]:
     return BLOCK.findall(doc.read_text())
 
 
-async def test_the_api_tour_runs_as_written(tmp_path: Path) -> None:
+async def test_the_quickstart_and_the_api_tour_run_as_written(tmp_path: Path) -> None:
     port, receiver = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FENLO_")}
     env.update(
@@ -50,10 +51,19 @@ async def test_the_api_tour_runs_as_written(tmp_path: Path) -> None:
         printed = out_file.read_text()
         [token] = re.findall(r"export FENLO_TOKEN=(\S+)", printed)
         [workspace] = re.findall(r"Demo workspace: (workspaces/[0-9a-z]{26})", printed)
-        script = "\n".join(sh_blocks(ROOT / "docs" / "api-tour.md"))
+        script = "\n".join(
+            sh_blocks(ROOT / "docs" / "quickstart.md") + sh_blocks(ROOT / "docs" / "api-tour.md")
+        )
         script = script.replace("127.0.0.1:50051", f"127.0.0.1:{port}")
         script = script.replace("8787", str(receiver))
-        shell_env = {**env, "FENLO_TOKEN": token, "WS": workspace}
+        # The CLI's commands name no --target: the reader's server is on the default
+        # address, this test's on FENLO_TARGET.
+        shell_env = {
+            **env,
+            "FENLO_TOKEN": token,
+            "WS": workspace,
+            "FENLO_TARGET": f"127.0.0.1:{port}",
+        }
         # The demo guide is indexed in the background: wait, as a reader would.
         for _ in range(200):
             probe = await asyncio.create_subprocess_exec(
@@ -89,6 +99,9 @@ async def test_the_api_tour_runs_as_written(tmp_path: Path) -> None:
         stdout, stderr = await asyncio.wait_for(tour.communicate(), 180)
         text, errors = stdout.decode(), stderr.decode()
         assert tour.returncode == 0, f"{text}\n--- stderr\n{errors}"
+        # The quickstart: two chats (the second from the uploaded document), the lists.
+        assert text.count("assistant> ") == 3 and "Sunday" in text
+        assert "car park behind the cafe" in text and "/leads/" in text
         assert '"status": "SERVING"' in text
         assert "Harbour Café assistant" in text
         assert "LEAD_STATUS_CONTACTED" in text
