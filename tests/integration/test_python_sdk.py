@@ -274,6 +274,22 @@ async def test_a_second_stream_on_a_busy_conversation_fails_to_start(
         assert busy.value.reason == "CONVERSATION_BUSY"
 
 
+async def test_a_chat_without_access_fails_to_start(sqlite_app: FenloApp) -> None:
+    target = f"127.0.0.1:{sqlite_app.port}"
+    workspace, _ = await new_workspace(sqlite_app, "Mine")
+    _, other_token = await new_workspace(sqlite_app, "Theirs")
+    async with fenlo.Client(target, token=other_token) as client:
+        with pytest.raises(fenlo.PermissionDenied) as denied:
+            async with client.chat(workspace):
+                pass
+        assert denied.value.reason == "PERMISSION_DENIED_WORKSPACE"
+    async with fenlo.Client(target) as anonymous:
+        with pytest.raises(fenlo.Unauthenticated) as unauthenticated:
+            async with anonymous.chat(workspace):
+                pass
+        assert unauthenticated.value.reason == "CREDENTIALS_MISSING"
+
+
 async def test_agent_messages_while_idle_wait_in_pending_events(sqlite_app: FenloApp) -> None:
     workspace, token = await new_workspace(sqlite_app, "Agents")
     async with (

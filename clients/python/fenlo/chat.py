@@ -65,7 +65,10 @@ class ChatSession:
     async def __aenter__(self) -> ChatSession:
         self._call = self._stub.Chat(timeout=self._timeout)
         try:
-            await self._call.write(chat_pb2.ChatRequest(start=self._start))
+            with contextlib.suppress(asyncio.InvalidStateError):
+                # Raised when the server already ended the call (say, bad credentials);
+                # the read below then raises the call's error.
+                await self._call.write(chat_pb2.ChatRequest(start=self._start))
             first = await self._call.read()
         except aio.AioRpcError as error:
             raise from_rpc_error(error) from error
