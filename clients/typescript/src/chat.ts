@@ -188,10 +188,21 @@ export class ChatSession {
     }
   }
 
-  /** Cancels the stream at once (no waiting for running turns). */
+  /** Cancels the stream at once (no waiting for running turns). Safe to call after `end`. */
   close(): void {
     this.requests.close();
+    if (this.finished) return;
+    this.finished = true;
     this.abort.abort();
+    // Connect releases the call (and its deadline timer, which would keep
+    // Node alive) only once the response side has been read to its end.
+    void (async () => {
+      try {
+        for (;;) if ((await this.responses.next()).done) return;
+      } catch {
+        // The cancellation itself.
+      }
+    })();
   }
 
   private push(init: MessageInitShape<typeof ChatRequestSchema>): void {
