@@ -9,8 +9,10 @@ PROTOS := $(wildcard protos/fenlo/v1/*.proto)
 GEN_DIR := clients/python/fenlo/v1
 GEN_STAMP := $(GEN_DIR)/.generated-from
 CONTRACT_IMAGE := protos/released/fenlo-v1.binpb
+TS_DIR := clients/typescript
+TS_DEPS := $(TS_DIR)/node_modules/.package-lock.json
 
-.PHONY: run test lint bench docs kb-eval generate check-generated buf-lint buf-breaking contract-image reliability clean
+.PHONY: run test lint bench docs kb-eval generate check-generated buf-lint buf-breaking contract-image reliability clean ts-test
 
 # Create the virtual environment and install Fenlo with its development tools.
 $(STAMP): pyproject.toml
@@ -20,6 +22,11 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# The TypeScript SDK's pinned npm packages (package-lock.json), for its generator.
+$(TS_DEPS): $(TS_DIR)/package.json $(TS_DIR)/package-lock.json
+	cd $(TS_DIR) && npm ci --no-audit --no-fund
+	@touch $(TS_DEPS)
 
 # Start the server on 127.0.0.1:50051 with the embedded defaults (SQLite in
 # ./.fenlo, in-process limits, offline LLM) and a demo workspace.
@@ -45,16 +52,22 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/buf lint
 
-# Regenerate the Python code from protos/ (committed; never edit it by hand).
-generate: $(STAMP)
+# Regenerate the Python and TypeScript code from protos/ (committed; never edit it by hand).
+generate: $(STAMP) $(TS_DEPS)
 	$(PY) scripts/generate.py
+	cd $(TS_DIR) && npm run --silent generate
 
 generate-if-stale: $(STAMP)
 	@$(PY) scripts/generate.py --if-stale
 
 # Fail when the committed generated code does not match protos/.
-check-generated: $(STAMP)
+check-generated: $(STAMP) $(TS_DEPS)
 	$(PY) scripts/generate.py --check
+	cd $(TS_DIR) && npm run --silent check-generated
+
+# The TypeScript SDK's tests: they start `fenlo serve` from .venv themselves.
+ts-test: $(STAMP) $(TS_DEPS)
+	cd $(TS_DIR) && npm test
 
 # The benchmark: Fenlo against a bare grpc.aio baseline in the same run (a few
 # minutes); prints the table and updates bench/results/latest.json and latest.png.
