@@ -41,7 +41,7 @@ from fenlo_server.cli_remote import (
     _channel,
     _metadata,
     add_remote_options,
-    describe,
+    run_reporting_errors,
 )
 
 QUIT = {"/quit", "/exit"}
@@ -83,18 +83,11 @@ def add_chat_commands(commands: Any) -> None:
 
 def run_remote(args: argparse.Namespace) -> int:
     """Run ``chat``, ``conversations list`` or ``leads list``; 1 on a failed call."""
-    try:
-        if args.command == "chat":
-            return asyncio.run(_chat(args, sys.stdin, sys.stdout))
-        if args.command == "conversations":
-            return asyncio.run(_conversations_list(args))
-        return asyncio.run(_leads_list(args))
-    except aio.AioRpcError as error:
-        print(f"fenlo: {describe(error)}", file=sys.stderr)
-        return 1
-    except RemoteError as error:
-        print(f"fenlo: {error}", file=sys.stderr)
-        return 1
+    if args.command == "chat":
+        return run_reporting_errors(_chat(args, sys.stdin, sys.stdout))
+    if args.command == "conversations":
+        return run_reporting_errors(_conversations_list(args))
+    return run_reporting_errors(_leads_list(args))
 
 
 # ---------------------------------------------------------------- fenlo chat

@@ -14,7 +14,7 @@ import mimetypes
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -90,17 +90,20 @@ def _metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
-def run_kb(args: argparse.Namespace) -> int:
+def run_reporting_errors(main: Coroutine[Any, Any, int]) -> int:
+    """Run a command that calls the server; a failed call is one line and exit 1."""
     try:
-        if args.action == "add":
-            return asyncio.run(_kb_add(args))
-        return asyncio.run(_kb_search(args))
+        return asyncio.run(main)
     except aio.AioRpcError as error:
         print(f"fenlo: {describe(error)}", file=sys.stderr)
         return 1
     except RemoteError as error:
         print(f"fenlo: {error}", file=sys.stderr)
         return 1
+
+
+def run_kb(args: argparse.Namespace) -> int:
+    return run_reporting_errors(_kb_add(args) if args.action == "add" else _kb_search(args))
 
 
 class Progress:
