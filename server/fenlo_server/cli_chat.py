@@ -222,12 +222,13 @@ def _stdin_lines(stdin: TextIO, loop: asyncio.AbstractEventLoop) -> asyncio.Queu
     return lines
 
 
-async def _next_line(lines: asyncio.Queue[str], ended: asyncio.Event) -> str | None:
-    """The next line, or None once ``ended`` is set first."""
+async def _next_line(lines: asyncio.Queue[str], *stops: asyncio.Event) -> str | None:
+    """The next line, or None once one of ``stops`` is set first."""
     get = asyncio.ensure_future(lines.get())
-    stop = asyncio.ensure_future(ended.wait())
-    await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
-    stop.cancel()
+    waits = [asyncio.ensure_future(stop.wait()) for stop in stops]
+    await asyncio.wait({get, *waits}, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
     if get.done():
         return get.result()
     get.cancel()
@@ -274,6 +275,7 @@ async def _chat(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
 
         reader = loop.create_task(responses())
         lines = _stdin_lines(stdin, loop)
+        leave = asyncio.Event()  # Ctrl-C at the prompt
         writes: set[asyncio.Task[None]] = set()
 
         def on_interrupt() -> None:
@@ -285,7 +287,7 @@ async def _chat(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
                 writes.add(task)
                 task.add_done_callback(writes.discard)
             else:
-                ended.set()  # at the prompt: leave
+                leave.set()  # at the prompt: leave
 
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGINT, on_interrupt)
@@ -293,7 +295,7 @@ async def _chat(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
             while not ended.is_set():
                 if interactive:
                     printer.write("you> ")
-                line = await _next_line(lines, ended)
+                line = await _next_line(lines, ended, leave)
                 if line is None or not line or line.strip() in QUIT:
                     break
                 text = line.rstrip("\n")
@@ -316,7 +318,7 @@ async def _chat(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
         if failure:
             raise failure[0]
     if interactive and printer.conversation:
-        printer.write(f"(resume with --conversation {printer.conversation})\n")
+        printer.write(f"\n(resume with --conversation {printer.conversation})\n")
     return 0
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
+import select
 import signal
 import sys
 import time
@@ -180,3 +182,53 @@ async def test_chat_json_lines_resume_and_one_line_errors(
         assert code == 1 and "Traceback" not in err, err
         assert err.startswith("fenlo: PERMISSION_DENIED "), err
         assert len(err.strip().splitlines()) == 1, err
+
+
+def _drive_terminal(target: str, workspace: str, token: str) -> tuple[str, int]:
+    """``fenlo chat`` on a pseudo-terminal, typed at like a person: a question,
+    Ctrl-C while it answers, Ctrl-C at the prompt. What the terminal showed, and
+    the exit code."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI on the terminal
+        os.environ.update(_env(token))
+        os.execv(FENLO, ["fenlo", "chat", "--target", target, "--workspace", workspace])
+    shown = b""
+
+    def read_until(needle: bytes) -> None:
+        nonlocal shown
+        deadline = time.monotonic() + WAIT
+        while needle not in shown:
+            assert time.monotonic() < deadline, f"no {needle!r} in {shown!r}"
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                try:
+                    shown += os.read(fd, 4096)
+                except OSError:  # the CLI exited
+                    assert needle in shown, f"exited without {needle!r}: {shown!r}"
+
+    try:
+        read_until(b"you> ")
+        os.write(fd, b"Hello! What does a booking for four cost?\r")
+        read_until(b"assistant> ")
+        time.sleep(0.5)
+        os.write(fd, b"\x03")  # Ctrl-C: the terminal sends SIGINT
+        read_until(b"(interrupted)")
+        read_until(b"you> ")
+        os.write(fd, b"\x03")  # Ctrl-C at the prompt: leave
+        read_until(b"resume with --conversation")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    return shown.decode(errors="replace"), os.waitstatus_to_exitcode(status)
+
+
+async def test_chat_in_a_terminal_prompts_and_ctrl_c_interrupts_then_leaves(
+    slow_app: FenloApp, slow_api: Api
+) -> None:
+    workspace, token = await slow_api.create_workspace("CLI terminal")
+    shown, code = await asyncio.to_thread(
+        _drive_terminal, f"127.0.0.1:{slow_app.port}", workspace, token
+    )
+    assert code == 0, shown
+    assert shown.count("you> ") == 2 and "(interrupted)" in shown
+    assert "Traceback" not in shown
