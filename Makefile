@@ -41,9 +41,11 @@ test: $(STAMP)
 	@$(MAKE) --no-print-directory generate-if-stale
 	$(BIN)/pytest
 
-# The long fault and load suite.
+# The long fault and load suite (tests/reliability, marked `reliability`); prints a
+# summary ending with `lost:`, `duplicated:` and `leaks:` and writes it to
+# tests/reliability/results/latest.txt.
 reliability: $(STAMP)
-	$(BIN)/pytest -m reliability
+	$(BIN)/pytest -m reliability tests/reliability
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
