@@ -1,0 +1,363 @@
+"""Faults under load (issue 10): Redis stopped and restarted under running chats,
+the server process killed mid-turn and restarted on its data, SIGTERM draining
+open streams, PostgreSQL restarted under running chats.
+
+Each scenario counts what the clients were told (turns acknowledged with
+``turn_started``, turns completed) against what is stored afterwards (messages,
+message counts) and what is delivered (StreamEvents from seq 0: each event id
+once, per-workspace seqs gap-free), and writes it all into the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from grpc import aio
+from grpc_health.v1 import health_pb2
+from sqlalchemy import func, select
+
+from fenlo.v1 import (
+    chat_pb2,
+    chat_pb2_grpc,
+    conversation_pb2,
+    conversation_pb2_grpc,
+    event_pb2,
+    event_pb2_grpc,
+)
+from fenlo_server.storage.models import OutboxEventRow
+from tests.conftest import _sqlite_url
+from tests.helpers import Api, bearer
+from tests.redis_helpers import eventually, private_redis, redis_health, replicas
+from tests.reliability.ledger import Ledger
+
+pytestmark = pytest.mark.reliability
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+READ_TIMEOUT = 20.0
+
+
+# ---------------------------------------------------------------- a chat client that keeps count
+
+
+@dataclass
+class ChatClient:
+    """One Chat stream doing turns, and what the server told it about each."""
+
+    channel: aio.Channel
+    token: str
+    workspace: str
+    label: str
+    conversation: str = ""
+    call: Any = None
+    acknowledged: dict[str, str] = field(default_factory=dict)  # client id -> user message
+    completed: dict[str, chat_pb2.TurnCompleted] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    attempted: int = 0
+    drained: bool = False
+    counter: itertools.count[int] = field(default_factory=itertools.count)
+
+    async def open(self, **start: Any) -> None:
+        stub = chat_pb2_grpc.ChatServiceStub(self.channel)
+        self.call = stub.Chat(metadata=bearer(self.token), timeout=300)
+        if not start:
+            start = {"parent": f"workspaces/{self.workspace}"}
+        await self.call.write(chat_pb2.ChatRequest(start=chat_pb2.StartChat(**start)))
+        first = await self.read()
+        assert first.WhichOneof("kind") == "session_started", first
+        self.conversation = first.session_started.conversation.name
+
+    async def read(self) -> chat_pb2.ChatResponse:
+        response = await asyncio.wait_for(self.call.read(), READ_TIMEOUT)
+        assert response is not aio.EOF, "the chat stream ended"
+        assert isinstance(response, chat_pb2.ChatResponse)
+        return response
+
+    def next_id(self) -> str:
+        return f"{self.label}-{next(self.counter)}"
+
+    async def say(self, client_id: str, text: str = "") -> None:
+        self.attempted += 1
+        message = chat_pb2.UserMessage(
+            text=text or f"Hello, this is message {client_id}. What can you tell me?",
+            client_message_id=client_id,
+        )
+        await self.call.write(chat_pb2.ChatRequest(user_message=message))
+
+    async def finish_turn(
+        self, client_id: str, *, on_started: Callable[[], None] | None = None
+    ) -> chat_pb2.TurnCompleted | None:
+        """Read to the end of ``client_id``'s turn; None if it ended with an error."""
+        while True:
+            response = await self.read()
+            kind = response.WhichOneof("kind")
+            if kind == "draining":
+                self.drained = True
+            elif kind == "turn_started":
+                assert response.turn_started.client_message_id == client_id, response
+                self.acknowledged[client_id] = response.turn_started.user_message
+                if on_started is not None:
+                    on_started()
+            elif kind == "turn_completed":
+                self.completed[client_id] = response.turn_completed
+                return response.turn_completed
+            elif kind == "error":
+                self.errors.append(f"{client_id}: {response.error.status.message}")
+                return None
+
+    async def turn(self, client_id: str | None = None) -> chat_pb2.TurnCompleted | None:
+        client_id = client_id or self.next_id()
+        await self.say(client_id)
+        return await self.finish_turn(client_id)
+
+    async def loop(self, stop: asyncio.Event) -> None:
+        """Turns one after the other until ``stop`` is set."""
+        while not stop.is_set():
+            await self.turn()
+
+    def cancel(self) -> None:
+        if self.call is not None:
+            self.call.cancel()
+
+
+# ---------------------------------------------------------------- checks
+
+
+async def list_messages(
+    channel: aio.Channel, token: str, conversation: str
+) -> list[conversation_pb2.Message]:
+    stub = conversation_pb2_grpc.ConversationServiceStub(channel)
+    messages: list[conversation_pb2.Message] = []
+    page_token = ""
+    while True:
+        page = await stub.ListMessages(
+            conversation_pb2.ListMessagesRequest(
+                parent=conversation, page_size=1000, page_token=page_token
+            ),
+            metadata=bearer(token),
+            timeout=10,
+        )
+        messages.extend(page.messages)
+        page_token = page.next_page_token
+        if not page_token:
+            return messages
+
+
+async def check_conversation(
+    ledger: Ledger, channel: aio.Channel, token: str, client: ChatClient
+) -> int:
+    """Stored messages against what ``client`` saw; returns the problems found."""
+    messages = await list_messages(channel, token, client.conversation)
+    conversation = await conversation_pb2_grpc.ConversationServiceStub(channel).GetConversation(
+        conversation_pb2.GetConversationRequest(name=client.conversation),
+        metadata=bearer(token),
+        timeout=10,
+    )
+    users = collections.Counter(
+        m.client_message_id for m in messages if m.role == conversation_pb2.MESSAGE_ROLE_USER
+    )
+    answers = collections.Counter(
+        m.turn_id for m in messages if m.role == conversation_pb2.MESSAGE_ROLE_ASSISTANT
+    )
+    names = {m.name for m in messages}
+    lost = [cid for cid in client.acknowledged if users[cid] == 0]
+    lost += [
+        cid
+        for cid, done in client.completed.items()
+        if done.assistant_message and done.assistant_message not in names
+    ]
+    duplicated = [cid for cid, n in users.items() if n > 1]
+    duplicated += [turn for turn, n in answers.items() if n > 1]
+    ledger.checked(rows=len(messages))
+    ledger.found(
+        lost=len(lost),
+        duplicated=len(duplicated),
+        why=f"{client.label}: lost {lost[:5]}, stored twice {duplicated[:5]}",
+    )
+    miscount = conversation.message_count != len(messages)
+    ledger.found(
+        lost=int(miscount),
+        why=f"{client.label}: message_count {conversation.message_count} "
+        f"but {len(messages)} messages",
+    )
+    return len(lost) + len(duplicated) + int(miscount)
+
+
+async def read_events(
+    channel: aio.Channel, token: str, workspace: str, *, count: int, call: Any = None
+) -> list[event_pb2.Event]:
+    """``count`` events of a StreamEvents call (a new one from seq 0 unless given)."""
+    if call is None:
+        call = stream_events(channel, token, workspace)
+    events: list[event_pb2.Event] = []
+    try:
+        async with asyncio.timeout(60):
+            while len(events) < count:
+                event = await call.read()
+                assert event is not aio.EOF, f"the event stream ended after {len(events)}"
+                events.append(event)
+        # Anything more that arrives at once is a duplicate or an unexpected event.
+        with contextlib.suppress(TimeoutError):
+            while True:
+                event = await asyncio.wait_for(call.read(), 1.0)
+                if event is aio.EOF:
+                    break
+                events.append(event)
+    finally:
+        call.cancel()
+    return events
+
+
+def stream_events(channel: aio.Channel, token: str, workspace: str) -> Any:
+    return event_pb2_grpc.EventServiceStub(channel).StreamEvents(
+        event_pb2.StreamEventsRequest(parent=f"workspaces/{workspace}", start_after_seq=0),
+        metadata=bearer(token),
+        timeout=300,
+    )
+
+
+def check_events(
+    ledger: Ledger, events: list[event_pb2.Event], expected: int, what: str
+) -> collections.Counter[tuple[str, str]]:
+    """Each id once, seqs 1..expected; returns (type, message or turn) counts."""
+    ids = collections.Counter(e.name for e in events)
+    twice = sum(n - 1 for n in ids.values() if n > 1)
+    seqs = sorted({e.seq for e in events})
+    missing = sorted(set(range(1, expected + 1)) - set(seqs))
+    ledger.checked(events=len(events))
+    ledger.found(
+        duplicated=twice,
+        lost=len(missing),
+        why=f"{what}: {twice} event deliveries twice, seqs missing {missing[:10]}",
+    )
+    assert twice == 0, f"{what}: events delivered twice"
+    assert not missing, f"{what}: seqs missing {missing[:10]}"
+    assert seqs == list(range(1, expected + 1)), f"{what}: seqs {seqs[:5]}..{seqs[-5:]}"
+    keys: collections.Counter[tuple[str, str]] = collections.Counter()
+    for event in {e.name: e for e in events}.values():
+        payload = dict(event.payload)
+        keys[(event.type, str(payload.get("message") or payload.get("turn") or ""))] += 1
+    return keys
+
+
+def check_turn_events(
+    ledger: Ledger, keys: collections.Counter[tuple[str, str]], clients: list[ChatClient]
+) -> int:
+    """Per completed (not replayed) turn: one turn.completed, one message.created for
+    its user message and one for its answer."""
+    problems: list[str] = []
+    for client in clients:
+        for cid, done in client.completed.items():
+            if done.replayed:
+                continue
+            wanted = [("turn.completed", done.turn_id), ("message.created", done.user_message)]
+            if done.assistant_message:
+                wanted.append(("message.created", done.assistant_message))
+            problems += [f"{cid} {k[0]}×{keys[k]}" for k in wanted if keys[k] != 1]
+    ledger.found(lost=len(problems), why=f"turn events not exactly once: {problems[:5]}")
+    return len(problems)
+
+
+# ---------------------------------------------------------------- 1. Redis restarted under load
+
+
+@pytest.fixture
+def shared_database(sqlite_template: Path, tmp_path: Path) -> str:
+    postgres = os.environ.get("FENLO_TEST_DATABASE_URL")
+    if postgres:
+        pytest.skip("runs on one SQLite file shared by both servers")
+    return _sqlite_url(sqlite_template, tmp_path / "db")
+
+
+async def wait_turns(clients: list[ChatClient], more: int, within: float, what: str) -> None:
+    """Until every client has completed ``more`` further turns (bounded)."""
+    targets = [len(c.completed) + more for c in clients]
+
+    async def done() -> bool:
+        return all(len(c.completed) >= t for c, t in zip(clients, targets, strict=True))
+
+    await eventually(done, within=within, what=what, every=0.1)
+
+
+async def outbox_count(api: Api, workspace: str) -> int:
+    async with api.app.db.workspace(workspace) as session:
+        count = await session.execute(select(func.count()).select_from(OutboxEventRow))
+        return int(count.scalar_one())
+
+
+async def test_redis_restarted_under_a_chat_load(
+    tmp_path: Path, shared_database: str, ledger: Ledger
+) -> None:
+    async with (
+        private_redis(tmp_path / "redis") as redis,
+        replicas(
+            tmp_path,
+            shared_database,
+            redis.url,
+            redis_retry_seconds=1.0,
+            offline_tokens_per_second=200.0,
+        ) as (one, two),
+    ):
+        workspace, admin = await one.create_workspace("Redis under load")
+        service = one.token(workspace, "service")
+        live = stream_events(two.channel, service, workspace)  # open through the whole fault
+        clients = [
+            ChatClient(api.channel, admin, workspace, f"r{i}")
+            for i, api in enumerate((one, two, one, two))
+        ]
+        for client in clients:
+            await client.open()
+        stop = asyncio.Event()
+        loops = [asyncio.create_task(c.loop(stop)) for c in clients]
+        try:
+            await wait_turns(clients, 2, 60, "turns before the fault")
+            await redis.kill()
+            ledger.fault("redis stop")
+            await wait_turns(clients, 3, 90, "turns while Redis is down")
+            await redis.start()
+            ledger.fault("redis restart")
+            await eventually(
+                lambda: _all_redis_serving((one, two)), within=20, what="redis SERVING again"
+            )
+            await wait_turns(clients, 3, 90, "turns after Redis came back")
+            stop.set()
+            async with asyncio.timeout(60):
+                await asyncio.gather(*loops)
+        finally:
+            stop.set()
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            for client in clients:
+                client.cancel()
+
+        attempted = sum(c.attempted for c in clients)
+        succeeded = sum(len(c.completed) for c in clients)
+        ledger.turns(attempted, succeeded)
+        errors = [e for c in clients for e in c.errors]
+        ledger.found(lost=len(errors), why=f"turns failed during the Redis fault: {errors[:3]}")
+        assert not errors, errors
+        assert succeeded == attempted
+
+        problems = 0
+        for client in clients:
+            problems += await check_conversation(ledger, one.channel, admin, client)
+        expected = await outbox_count(one, workspace)
+        live_events = await read_events(two.channel, service, workspace, count=expected, call=live)
+        keys = check_events(ledger, live_events, expected, "live reader through the fault")
+        replayed = await read_events(one.channel, service, workspace, count=expected)
+        check_events(ledger, replayed, expected, "reader from seq 0 afterwards")
+        problems += check_turn_events(ledger, keys, clients)
+        assert problems == 0
+
+
+async def _all_redis_serving(apis: tuple[Api, Api]) -> bool:
+    return all([await redis_health(api) == SERVING for api in apis])
