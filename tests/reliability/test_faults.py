@@ -15,7 +15,8 @@ import collections
 import contextlib
 import itertools
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,13 @@ from fenlo.v1 import (
     conversation_pb2_grpc,
     event_pb2,
     event_pb2_grpc,
+    workspace_pb2,
+    workspace_pb2_grpc,
 )
 from fenlo_server.storage.models import OutboxEventRow
 from tests.conftest import _sqlite_url
 from tests.helpers import Api, bearer
+from tests.integration.test_shutdown import ServeProcess
 from tests.redis_helpers import eventually, private_redis, redis_health, replicas
 from tests.reliability.ledger import Ledger
 
@@ -361,3 +365,181 @@ async def test_redis_restarted_under_a_chat_load(
 
 async def _all_redis_serving(apis: tuple[Api, Api]) -> bool:
     return all([await redis_health(api) == SERVING for api in apis])
+
+
+# ---------------------------------------------------------------- 2. SIGKILL mid-turn
+
+
+@contextlib.asynccontextmanager
+async def serve_process(
+    tmp_path: Path, *, grace: float = 5.0, tokens_per_second: float = 10.0
+) -> AsyncIterator[ServeProcess]:
+    """``fenlo serve`` with a data dir, a fixed port and JWT secret (tokens survive a
+    restart) and a slow offline provider (a turn stays in flight); killed at the end."""
+    serve = ServeProcess(tmp_path, grace)
+    serve.env["FENLO_OFFLINE_TOKENS_PER_SECOND"] = str(tokens_per_second)
+    serve.env["FENLO_LOG_FORMAT"] = "text"
+    try:
+        await serve.start(within=60)
+        yield serve
+    finally:
+        await serve.kill()
+
+
+async def create_workspace(serve: ServeProcess, channel: aio.Channel) -> str:
+    created = await workspace_pb2_grpc.WorkspaceServiceStub(channel).CreateWorkspace(
+        workspace_pb2.CreateWorkspaceRequest(
+            workspace=workspace_pb2.Workspace(display_name="Faults")
+        ),
+        metadata=bearer(serve.token(None, "platform_admin")),
+        timeout=10,
+    )
+    return str(created.name.split("/")[1])
+
+
+async def in_flight(client: ChatClient, client_id: str) -> None:
+    """Send ``client_id`` and read until its turn is acknowledged and answering."""
+    await client.say(client_id)
+    started = False
+    while True:
+        response = await client.read()
+        kind = response.WhichOneof("kind")
+        if kind == "turn_started":
+            client.acknowledged[client_id] = response.turn_started.user_message
+            started = True
+        elif kind == "delta" and started:
+            return
+        assert kind not in ("turn_completed", "error"), f"the turn ended too soon: {response}"
+
+
+async def events_until_quiet(channel: aio.Channel, token: str, workspace: str) -> list[Any]:
+    """Every event StreamEvents from seq 0 sends until it is quiet for 2 s (bounded)."""
+    call = stream_events(channel, token, workspace)
+    events: list[event_pb2.Event] = []
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                try:
+                    event = await asyncio.wait_for(call.read(), 2.0)
+                except TimeoutError:
+                    return events
+                assert event is not aio.EOF, "the event stream ended"
+                events.append(event)
+    finally:
+        call.cancel()
+
+
+async def drain_reader(call: Any, into: list[event_pb2.Event]) -> None:
+    """Collect a live StreamEvents call's events until it breaks."""
+    with contextlib.suppress(aio.AioRpcError):
+        while (event := await call.read()) is not aio.EOF:
+            into.append(event)
+
+
+async def check_restarted(
+    ledger: Ledger,
+    channel: aio.Channel,
+    admin: str,
+    workspace: str,
+    clients: list[ChatClient],
+    *,
+    before: list[event_pb2.Event],
+) -> int:
+    """After a restart: conversations consistent, every event seen before still
+    delivered, each id once, seqs gap-free; the turn events of completed turns."""
+    problems = 0
+    for client in clients:
+        problems += await check_conversation(ledger, channel, admin, client)
+    events = await events_until_quiet(channel, admin, workspace)
+    keys = check_events(ledger, events, max(e.seq for e in events), "from seq 0 after restart")
+    names = {e.name for e in events}
+    missing = [e.name for e in before if e.name not in names]
+    ledger.checked(events=len(before))
+    ledger.found(lost=len(missing), why=f"events delivered before the restart gone: {missing[:3]}")
+    problems += len(missing) + check_turn_events(ledger, keys, clients)
+    return problems
+
+
+async def test_sigkill_mid_turn_and_restart_on_the_same_data(
+    tmp_path: Path, ledger: Ledger
+) -> None:
+    async with serve_process(tmp_path) as serve:
+        assert serve.process is not None
+        channel = aio.insecure_channel(f"127.0.0.1:{serve.port}")
+        try:
+            workspace = await create_workspace(serve, channel)
+            admin = serve.token(workspace, "admin")
+            live = stream_events(channel, admin, workspace)
+            seen: list[event_pb2.Event] = []
+            reading = asyncio.create_task(drain_reader(live, seen))
+            clients = [ChatClient(channel, admin, workspace, f"k{i}") for i in range(3)]
+            for client in clients:
+                await client.open()
+            async with asyncio.timeout(60):
+                for done in await asyncio.gather(*(c.turn() for c in clients)):
+                    assert done is not None
+            interrupted = {c.label: c.next_id() for c in clients}
+            async with asyncio.timeout(30):
+                await asyncio.gather(*(in_flight(c, interrupted[c.label]) for c in clients))
+            serve.process.send_signal(signal.SIGKILL)
+            ledger.fault("server SIGKILL mid-turn")
+            assert await serve.exit_code(10) == -signal.SIGKILL
+            for client in clients:
+                with pytest.raises(aio.AioRpcError):
+                    await client.finish_turn(interrupted[client.label])
+            async with asyncio.timeout(10):
+                await reading
+        finally:
+            await channel.close()
+
+        await serve.start(within=60)
+        ledger.fault("server restart")
+        channel = aio.insecure_channel(f"127.0.0.1:{serve.port}")
+        try:
+            for client in clients:
+                client.channel = channel
+            problems = await check_restarted(
+                ledger, channel, admin, workspace, clients, before=seen
+            )
+
+            # The interrupted message again, with the same id: replayed or run once.
+            retried = collections.Counter[str]()
+            for client in clients:
+                await client.open(conversation=client.conversation)
+                done = await client.turn(interrupted[client.label])
+                assert done is not None, client.errors
+                answered = "with an answer" if done.assistant_message else "without an answer"
+                retried[f"{'replayed' if done.replayed else 'run'} {answered}"] += 1
+                assert await client.turn() is not None, client.errors  # and a new turn
+                client.cancel()
+            problems += await check_restarted(
+                ledger, channel, admin, workspace, clients, before=seen
+            )
+            ledger.turns(sum(c.attempted for c in clients), sum(len(c.completed) for c in clients))
+            ledger.note(f"SIGKILL: interrupted messages retried: {dict(retried)}")
+            orphans = await orphaned_user_messages(channel, admin, workspace, clients)
+            if orphans:
+                ledger.note(
+                    f"SIGKILL: {len(orphans)} acknowledged user message(s) of killed turns "
+                    "stored without a message.created event"
+                )
+            assert problems == 0
+        finally:
+            for client in clients:
+                client.cancel()
+            await channel.close()
+
+
+async def orphaned_user_messages(
+    channel: aio.Channel, token: str, workspace: str, clients: list[ChatClient]
+) -> list[str]:
+    """Stored user messages that no message.created event names."""
+    events = await events_until_quiet(channel, token, workspace)
+    created = {dict(e.payload).get("message") for e in events if e.type == "message.created"}
+    stored = [
+        m.name
+        for c in clients
+        for m in await list_messages(channel, token, c.conversation)
+        if m.role == conversation_pb2.MESSAGE_ROLE_USER
+    ]
+    return [name for name in stored if name not in created]
