@@ -543,3 +543,68 @@ async def orphaned_user_messages(
         if m.role == conversation_pb2.MESSAGE_ROLE_USER
     ]
     return [name for name in stored if name not in created]
+
+
+# ---------------------------------------------------------------- 3. SIGTERM drains
+
+
+async def test_sigterm_drains_running_turns_and_loses_nothing(
+    tmp_path: Path, ledger: Ledger
+) -> None:
+    grace = 30.0
+    async with serve_process(tmp_path, grace=grace) as serve:
+        assert serve.process is not None
+        channel = aio.insecure_channel(f"127.0.0.1:{serve.port}")
+        try:
+            workspace = await create_workspace(serve, channel)
+            admin = serve.token(workspace, "admin")
+            seen: list[event_pb2.Event] = []
+            reading = asyncio.create_task(
+                drain_reader(stream_events(channel, admin, workspace), seen)
+            )
+            clients = [ChatClient(channel, admin, workspace, f"t{i}") for i in range(3)]
+            for client in clients:
+                await client.open()
+            async with asyncio.timeout(60):
+                for done in await asyncio.gather(*(c.turn() for c in clients)):
+                    assert done is not None
+            running = {c.label: c.next_id() for c in clients}
+            async with asyncio.timeout(30):
+                await asyncio.gather(*(in_flight(c, running[c.label]) for c in clients))
+            serve.process.send_signal(signal.SIGTERM)
+            ledger.fault("server SIGTERM mid-turn")
+            # The running turns finish (or are stored interrupted) and the streams
+            # are told to drain; then the clients end their streams.
+            async with asyncio.timeout(grace + 10):
+                finished = await asyncio.gather(*(c.finish_turn(running[c.label]) for c in clients))
+            for client, done in zip(clients, finished, strict=True):
+                assert done is not None, client.errors
+                if not client.drained:
+                    assert (await client.read()).WhichOneof("kind") == "draining"
+                    client.drained = True
+                await client.call.done_writing()
+                assert await asyncio.wait_for(client.call.read(), 10) is aio.EOF
+            interrupted = sum(d is not None and d.interrupted for d in finished)
+            code = await serve.exit_code(grace + 10)
+            assert code == 0, serve.stderr.read_text()[-3000:]
+            async with asyncio.timeout(10):
+                await reading
+        finally:
+            await channel.close()
+        ledger.turns(sum(c.attempted for c in clients), sum(len(c.completed) for c in clients))
+        ledger.note(f"SIGTERM: {len(finished)} running turns finished, {interrupted} interrupted")
+
+        await serve.start(within=60)
+        ledger.fault("server restart")
+        channel = aio.insecure_channel(f"127.0.0.1:{serve.port}")
+        try:
+            for client in clients:
+                client.channel = channel
+            problems = await check_restarted(
+                ledger, channel, admin, workspace, clients, before=seen
+            )
+            orphans = await orphaned_user_messages(channel, admin, workspace, clients)
+            ledger.found(lost=len(orphans), why=f"SIGTERM: user messages without event {orphans}")
+            assert problems == 0 and not orphans
+        finally:
+            await channel.close()
