@@ -15,12 +15,15 @@ import collections
 import contextlib
 import itertools
 import os
+import shutil
 import signal
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2
@@ -37,9 +40,9 @@ from fenlo.v1 import (
     workspace_pb2_grpc,
 )
 from fenlo_server.storage.models import OutboxEventRow
-from tests.conftest import _sqlite_url
+from tests.conftest import _sqlite_url, make_settings, start_app
 from tests.helpers import Api, bearer
-from tests.integration.test_shutdown import ServeProcess
+from tests.integration.test_shutdown import FENLO, ServeProcess
 from tests.redis_helpers import eventually, private_redis, redis_health, replicas
 from tests.reliability.ledger import Ledger
 
@@ -65,6 +68,7 @@ class ChatClient:
     acknowledged: dict[str, str] = field(default_factory=dict)  # client id -> user message
     completed: dict[str, chat_pb2.TurnCompleted] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    error_codes: list[int] = field(default_factory=list)
     attempted: int = 0
     drained: bool = False
     counter: itertools.count[int] = field(default_factory=itertools.count)
@@ -115,6 +119,7 @@ class ChatClient:
                 return response.turn_completed
             elif kind == "error":
                 self.errors.append(f"{client_id}: {response.error.status.message}")
+                self.error_codes.append(response.error.status.code)
                 return None
 
     async def turn(self, client_id: str | None = None) -> chat_pb2.TurnCompleted | None:
@@ -608,3 +613,152 @@ async def test_sigterm_drains_running_turns_and_loses_nothing(
             assert problems == 0 and not orphans
         finally:
             await channel.close()
+
+
+# ---------------------------------------------------------------- 4. PostgreSQL restarted
+
+
+def pg_version() -> str:
+    """The local cluster's version (its directory under /etc/postgresql), or ""."""
+    clusters = Path("/etc/postgresql")
+    return sorted(p.name for p in clusters.iterdir())[-1] if clusters.is_dir() else ""
+
+
+async def run(*command: str, within: float = 60, env: dict[str, str] | None = None) -> int:
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        return await asyncio.wait_for(process.wait(), within)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def postgres_ready() -> bool:
+    return await run("pg_isready", "-h", "127.0.0.1", "-p", "5432", "-t", "2", within=10) == 0
+
+
+async def restart_postgres() -> None:
+    await run("pg_ctlcluster", "--skip-systemctl-redirect", pg_version(), "main", "restart")
+
+
+async def ensure_postgres() -> None:
+    """PostgreSQL running again (started if the restart left it down), bounded."""
+    if not await postgres_ready():
+        await run("pg_ctlcluster", "--skip-systemctl-redirect", pg_version(), "main", "start")
+    await eventually(postgres_ready, within=60, what="PostgreSQL ready", every=0.5)
+
+
+@contextlib.asynccontextmanager
+async def fresh_postgres_database() -> AsyncIterator[str]:
+    """A new database, migrated with ``fenlo migrate``; dropped at the end."""
+    if not shutil.which("createdb") or not pg_version():
+        pytest.skip("needs a local PostgreSQL cluster")
+    if not await postgres_ready():
+        pytest.skip("PostgreSQL is not running")
+    name = f"fenlo_faults_{uuid.uuid4().hex[:10]}"
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    assert await run("createdb", "-h", "127.0.0.1", "-U", "postgres", name) == 0
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FENLO_")}
+        env["FENLO_DATABASE_URL"] = url
+        assert await run(str(FENLO), "migrate", env=env, within=120) == 0
+        yield url
+    finally:
+        await ensure_postgres()
+        await run(
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+        )
+
+
+async def resilient_loop(client: ChatClient, stop: asyncio.Event, rpc_errors: list[str]) -> None:
+    """Turns until ``stop``; a broken stream is recorded and opened again (paced)."""
+    while not stop.is_set():
+        try:
+            if client.call is None or client.call.done():
+                await client.open(conversation=client.conversation)
+            if await client.turn() is None:
+                await asyncio.sleep(0.1)  # a failed turn: retry paced, as a client would
+        except aio.AioRpcError as error:
+            rpc_errors.append(f"{error.code().name}: {error.details()}")
+            client.call = None
+            await asyncio.sleep(0.2)
+
+
+async def test_postgres_restarted_under_a_chat_load(tmp_path: Path, ledger: Ledger) -> None:
+    async with fresh_postgres_database() as url:
+        app = await start_app(make_settings(tmp_path, url, offline_tokens_per_second=100.0))
+        api = Api(app)
+        clients: list[ChatClient] = []
+        loops: list[asyncio.Task[None]] = []
+        stop = asyncio.Event()
+        rpc_errors: list[str] = []
+        try:
+            workspace, admin = await api.create_workspace("PostgreSQL under load")
+            clients = [ChatClient(api.channel, admin, workspace, f"p{i}") for i in range(3)]
+            for client in clients:
+                await client.open()
+            loops = [asyncio.create_task(resilient_loop(c, stop, rpc_errors)) for c in clients]
+            await wait_turns(clients, 2, 60, "turns before the restart")
+            try:
+                await restart_postgres()
+                ledger.fault("postgresql restart")
+            finally:
+                await ensure_postgres()
+            # The server recovers by itself: every stream completes turns again.
+            await wait_turns(clients, 3, 90, "turns after PostgreSQL came back")
+            stop.set()
+            async with asyncio.timeout(60):
+                await asyncio.gather(*loops)
+        finally:
+            stop.set()
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            for client in clients:
+                client.cancel()
+            try:
+                if clients:
+                    await check_after_postgres(ledger, api, clients, rpc_errors)
+            finally:
+                await api.channel.close()
+                await app.stop(grace=0)
+
+
+async def check_after_postgres(
+    ledger: Ledger, api: Api, clients: list[ChatClient], rpc_errors: list[str]
+) -> None:
+    attempted = sum(c.attempted for c in clients)
+    ledger.turns(attempted, sum(len(c.completed) for c in clients))
+    codes = collections.Counter(c for client in clients for c in client.error_codes)
+    unclear = {code: n for code, n in codes.items() if code != grpc.StatusCode.UNAVAILABLE.value[0]}
+    unclear_rpc = [e for e in rpc_errors if not e.startswith("UNAVAILABLE")]
+    ledger.note(
+        f"PostgreSQL restart: {sum(codes.values())} turn errors (codes {dict(codes)}), "
+        f"{len(rpc_errors)} streams broken"
+    )
+    if unclear or unclear_rpc:
+        ledger.note(f"PostgreSQL restart: failures not UNAVAILABLE: {unclear} {unclear_rpc[:3]}")
+    workspace, admin = clients[0].workspace, clients[0].token
+    problems = 0
+    for client in clients:
+        problems += await check_conversation(ledger, api.channel, admin, client)
+    expected = await outbox_count(api, workspace)
+    events = await read_events(api.channel, admin, workspace, count=expected)
+    keys = check_events(ledger, events, expected, "from seq 0 after the PostgreSQL restart")
+    problems += check_turn_events(ledger, keys, clients)
+    assert not unclear and not unclear_rpc, (unclear, unclear_rpc, clients[0].errors[:3])
+    assert problems == 0
