@@ -233,6 +233,22 @@ class SqliteWriteGate:
         self._returned(_dbapi_connection, record)
 
 
+# SQLSTATE classes of a database that is away rather than of a bad statement:
+# connection exceptions (08) and operator intervention (57P: shut down, crashed,
+# starting up), which asyncpg raises as plain errors, not OperationalError.
+_UNAVAILABLE_SQLSTATES = ("08", "57P")
+
+
+def connection_lost(exc: DBAPIError) -> bool:
+    """Whether ``exc`` means the database is unreachable (retry later)."""
+    state = str(getattr(exc.orig, "sqlstate", None) or "")
+    return (
+        isinstance(exc, OperationalError)
+        or exc.connection_invalidated
+        or state.startswith(_UNAVAILABLE_SQLSTATES)
+    )
+
+
 def _unavailable() -> Unavailable:
     return Unavailable(
         Reason.ERROR_REASON_DEPENDENCY_UNAVAILABLE,
@@ -294,7 +310,7 @@ class Database:
             async with self._sessions(info=info) as session, session.begin():
                 yield session
         except DBAPIError as exc:
-            if isinstance(exc, OperationalError) or exc.connection_invalidated:
+            if connection_lost(exc):
                 raise _unavailable() from exc
             raise
         except OSError as exc:
