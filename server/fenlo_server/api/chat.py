@@ -723,6 +723,22 @@ class ChatSession:
                 turn_id=ctx.turn_id,
                 client_message_id=ctx.client_message_id,
             )
+            # Its event in the same commit: a turn cut short (the server killed
+            # mid-answer) leaves no stored message without its event.
+            await append_events(
+                session,
+                [
+                    events.Event(
+                        events.MESSAGE_CREATED,
+                        {
+                            "message": names.message(
+                                ctx.workspace_id, ctx.conversation_id, row.id
+                            ),
+                            "role": "user",
+                        },
+                    )
+                ],
+            )
         ctx.user_message_id = row.id
         if ctx.client_message_id:
             self._stored_ids.add(ctx.client_message_id)

@@ -47,13 +47,7 @@ class Persistence:
             analysis["sentiment_trend"] = ctx.sentiment_trend or 0.0
         if ctx.intent is not None:
             analysis["intent"] = annotate.to_json(annotate.post_analysis(ctx).intent)
-        record_events = list(ctx.events)
-        record_events.append(
-            events.Event(
-                events.MESSAGE_CREATED,
-                {"message": f"{conversation}/messages/{ctx.user_message_id}", "role": "user"},
-            )
-        )
+        record_events = list(ctx.events)  # the user message's own event went with it
         if ctx.sentiment is not None and ctx.sentiment.label != memory.last_sentiment:
             record_events.append(
                 events.Event(
