@@ -15,6 +15,10 @@ It prints one JSON line (port, JWT secret, workspace ids, conversation names)
 and serves until SIGTERM::
 
     python -m fenlo_server.bench.fenlo_proc --data-dir DIR --rate 500
+
+``--llm-order openai,offline`` (with ``OPENAI_API_KEY`` and
+``FENLO_OPENAI_BASE_URL`` set) puts a local OpenAI-compatible server in front
+of the offline provider, for failover under load.
 """
 
 from __future__ import annotations
@@ -106,11 +110,14 @@ async def _conversation(app: Any, workspace_id: str, messages: int) -> str:
     return f"workspaces/{workspace_id}/conversations/{row.id}"
 
 
-async def serve(data_dir: Path, rate: float, history: int, workspaces: int) -> None:
+async def serve(
+    data_dir: Path, rate: float, history: int, workspaces: int, llm_order: str = "offline"
+) -> None:
     from fenlo_server.app import FenloApp
     from fenlo_server.config import Settings
 
     os.environ.update(SETTINGS_ENV)
+    os.environ["FENLO_LLM_ORDER"] = llm_order
     os.environ["FENLO_OFFLINE_TOKENS_PER_SECOND"] = str(rate)
     settings = Settings(data_dir=data_dir, port=0)
     app = await FenloApp.create(settings)
@@ -161,8 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", type=int, default=1000)
     parser.add_argument("--workspaces", type=int, default=1000)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument(
+        "--llm-order",
+        default="offline",
+        help="FENLO_LLM_ORDER, e.g. openai,offline (the openai provider also needs "
+        "OPENAI_API_KEY and FENLO_OPENAI_BASE_URL in the environment)",
+    )
     args = parser.parse_args(argv)
-    run_on(args.loop, serve(args.data_dir, args.rate, args.history, args.workspaces))
+    run_on(
+        args.loop,
+        serve(args.data_dir, args.rate, args.history, args.workspaces, args.llm_order),
+    )
     return 0
 
 

@@ -8,6 +8,10 @@ turn's latency ends at ``turn_completed``.
 Spec: ``{"target": "127.0.0.1:N", "mode": "turns" | "idle", "streams": [S, ...],
 "turns": M, "texts": [...]}`` where each S is ``{"token": ..., "parent": ...}``
 or ``{"token": ..., "conversation": ...}`` (optionally ``"metadata": {...}``).
+With ``"per_stream": true`` in turns mode the result also has ``"conversations"``:
+one ``{"conversation": name, "completed": k, "failed": bool}`` per stream (the
+conversation from ``session_started``, ``""`` if the stream never started), so a
+caller can count what is stored against what each stream saw complete.
 In ``idle`` mode every stream does one turn and stays open; the process prints
 ``{"ready": n}``, waits for a line on stdin, then closes them and reports.
 """
@@ -50,6 +54,7 @@ class Stream:
         self.spec = spec
         chat: Any = stub.Chat
         self.call: Any = chat(metadata=(("authorization", "Bearer " + spec["token"]),))
+        self.conversation = ""  # the conversation's name, from session_started
 
     async def start(self) -> None:
         start = chat_pb2.StartChat(metadata=self.spec.get("metadata", {}))
@@ -61,8 +66,10 @@ class Stream:
         first = await self.call.read()
         if first is aio.EOF or first.WhichOneof("kind") != "session_started":
             raise RuntimeError(f"no session_started: {first}")
+        self.conversation = first.session_started.conversation.name
 
-    async def turn(self, text: str, n: int, tally: Tally) -> None:
+    async def turn(self, text: str, n: int, tally: Tally) -> bool:
+        """One turn; True when it completed with text (a failure is tallied)."""
         sent = time.perf_counter()
         await self.call.write(
             chat_pb2.ChatRequest(
@@ -75,7 +82,7 @@ class Stream:
             response = await self.call.read()
             if response is aio.EOF:
                 tally.fail("the stream ended mid-turn")
-                return
+                return False
             kind = response.WhichOneof("kind")
             if kind == "delta":
                 deltas += 1
@@ -86,14 +93,15 @@ class Stream:
                 break
             elif kind == "error":
                 tally.fail(f"turn error: {response.error.status.message}")
-                return
+                return False
         if first is None:
             tally.fail("a turn without text")
-            return
+            return False
         tally.ttft_ms.append((first - sent) * 1000)
         tally.turn_ms.append((done - sent) * 1000)
         tally.deltas += deltas
         tally.turns += 1
+        return True
 
     async def end(self) -> None:
         await self.call.write(chat_pb2.ChatRequest(end=chat_pb2.EndChat()))
@@ -110,16 +118,24 @@ async def _converse(
     texts: list[str],
     tally: Tally,
     opening: asyncio.Semaphore,
-) -> None:
+) -> dict[str, Any]:
+    """Converse; what this stream saw: its conversation and the turns it saw complete."""
+    seen: dict[str, Any] = {"conversation": "", "completed": 0, "failed": False}
     try:
         async with opening:
             stream = Stream(stub, spec)
             await stream.start()
+        seen["conversation"] = stream.conversation
         for n in range(turns):
-            await stream.turn(texts[n % len(texts)], n, tally)
+            if await stream.turn(texts[n % len(texts)], n, tally):
+                seen["completed"] += 1
+            else:
+                seen["failed"] = True
         await stream.end()
     except Exception as error:  # a failed stream counts its remaining turns as failed
         tally.fail(repr(error))
+        seen["failed"] = True
+    return seen
 
 
 async def run_turns(spec: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +144,7 @@ async def run_turns(spec: dict[str, Any]) -> dict[str, Any]:
         stub = chat_pb2_grpc.ChatServiceStub(channel)
         opening = asyncio.Semaphore(OPENING_AT_ONCE)
         started = time.perf_counter()
-        await asyncio.gather(
+        seen = await asyncio.gather(
             *(
                 _converse(
                     stub, s, turns=spec["turns"], texts=spec["texts"], tally=tally, opening=opening
@@ -137,7 +153,10 @@ async def run_turns(spec: dict[str, Any]) -> dict[str, Any]:
             )
         )
         wall = time.perf_counter() - started
-    return {**tally.__dict__, "wall_s": wall}
+    result = {**tally.__dict__, "wall_s": wall}
+    if spec.get("per_stream"):
+        result["conversations"] = list(seen)
+    return result
 
 
 async def run_idle(spec: dict[str, Any]) -> dict[str, Any]:
