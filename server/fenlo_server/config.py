@@ -285,6 +285,14 @@ class Settings(BaseSettings):
     events_relay_batch: int = Field(
         200, ge=1, le=5000, description="Outbox events the relay publishes per transaction."
     )
+    events_relay_coalesce_seconds: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Woken by a commit, the relay waits this long first, so the commits "
+        "of one turn (and of concurrent turns) go to Redis in one pass, after the turn's "
+        "first token rather than before it. The local bus has them at once.",
+    )
     events_stream_maxlen: int = Field(
         10_000,
         ge=100,

@@ -233,12 +233,17 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         poll = self._settings.events_relay_poll_seconds
+        coalesce = self._settings.events_relay_coalesce_seconds
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(poll):
                     await self._wake.wait()
             if self.stopping:
                 return
+            if coalesce and self._wake.is_set():
+                await asyncio.sleep(coalesce)  # gather the commits that follow this one
+                if self.stopping:
+                    return
             self._wake.clear()
             try:
                 await self.drain()
