@@ -731,9 +731,7 @@ class ChatSession:
                     events.Event(
                         events.MESSAGE_CREATED,
                         {
-                            "message": names.message(
-                                ctx.workspace_id, ctx.conversation_id, row.id
-                            ),
+                            "message": names.message(ctx.workspace_id, ctx.conversation_id, row.id),
                             "role": "user",
                         },
                     )
