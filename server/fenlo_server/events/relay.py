@@ -241,9 +241,9 @@ class OutboxRelay:
             if self.stopping:
                 return
             if coalesce and self._wake.is_set():
-                await asyncio.sleep(coalesce)  # gather the commits that follow this one
-                if self.stopping:
-                    return
+                # Gather the commits that follow this one (a stop meanwhile lets this
+                # last pass run, as one already running would).
+                await asyncio.sleep(coalesce)
             self._wake.clear()
             try:
                 await self.drain()
