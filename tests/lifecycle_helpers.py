@@ -35,11 +35,18 @@ async def chat_turns(
 async def table_dump(db: Database, workspace_id: str) -> dict[str, list[str]]:
     """Every row of the workspace in every table of the schema, as text: rows whose
     ``workspace_id`` is the workspace, its own row in ``workspaces``, and every row
-    of any table without a workspace column."""
+    of any table without a workspace column. Left out: an outbox row's
+    ``published_time``, the relay's own bookkeeping, which it sets in the background
+    (a moment after the commit) and which is no data of the workspace."""
     dump: dict[str, list[str]] = {}
     async with db.unscoped("the test scans every table") as session:
         for table in Base.metadata.sorted_tables:
-            query = select(table)
+            columns = [
+                c
+                for c in table.c
+                if not (table.name == "outbox_events" and c.name == "published_time")
+            ]
+            query = select(*columns)
             if "workspace_id" in table.c:
                 query = query.where(table.c.workspace_id == workspace_id)
             elif table.name == "workspaces":
