@@ -302,6 +302,18 @@ async def outbox_count(api: Api, workspace: str) -> int:
         return int(count.scalar_one())
 
 
+async def stop_chat_loops(
+    stop: asyncio.Event, loops: list[asyncio.Task[None]], clients: list[Any]
+) -> None:
+    """End the clients' chat loops (whatever is left of them) and hang up."""
+    stop.set()
+    for task in loops:
+        task.cancel()
+    await asyncio.gather(*loops, return_exceptions=True)
+    for client in clients:
+        client.cancel()
+
+
 async def test_redis_restarted_under_a_chat_load(
     tmp_path: Path, shared_database: str, ledger: Ledger
 ) -> None:
@@ -341,12 +353,7 @@ async def test_redis_restarted_under_a_chat_load(
             async with asyncio.timeout(60):
                 await asyncio.gather(*loops)
         finally:
-            stop.set()
-            for task in loops:
-                task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
-            for client in clients:
-                client.cancel()
+            await stop_chat_loops(stop, loops, clients)
 
         attempted = sum(c.attempted for c in clients)
         succeeded = sum(len(c.completed) for c in clients)
@@ -727,12 +734,7 @@ async def test_postgres_restarted_under_a_chat_load(tmp_path: Path, ledger: Ledg
             async with asyncio.timeout(60):
                 await asyncio.gather(*loops)
         finally:
-            stop.set()
-            for task in loops:
-                task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
-            for client in clients:
-                client.cancel()
+            await stop_chat_loops(stop, loops, clients)
             try:
                 if clients:
                     await check_after_postgres(ledger, api, clients, rpc_errors)
