@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fenlo_server.loops import LoopChoice
+
 
 class Settings(BaseSettings):
     """Server configuration. Each field is the env var ``FENLO_<FIELD NAME>``."""
@@ -87,7 +89,7 @@ class Settings(BaseSettings):
         9464, description="Prometheus metrics port; 0 or unset disables the endpoint."
     )
     metrics_host: str = Field("127.0.0.1", description="Address of the metrics endpoint.")
-    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+    event_loop: LoopChoice = Field(
         "auto",
         description="Event loop of `fenlo serve`: `auto` is uvloop when installed (it is a "
         "dependency on Linux), else asyncio.",

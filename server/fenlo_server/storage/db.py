@@ -259,26 +259,26 @@ def _unavailable() -> Unavailable:
 class Database:
     """Owns the engine; hands out workspace-scoped sessions."""
 
-    def __init__(self, url: str, *, echo: bool = False, sqlite_in_loop: bool = True) -> None:
-        """``sqlite_in_loop``: a SQLite file is used from the event loop's thread
-        (:mod:`~fenlo_server.storage.sqlite_inline`) rather than aiosqlite's."""
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        """A SQLite file is used from the event loop's thread
+        (:mod:`~fenlo_server.storage.sqlite_inline`); in-memory SQLite through aiosqlite."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        self.sqlite_in_loop = False
+        in_loop = False
         kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": not self.is_sqlite}
         if self.is_sqlite:
             path = url.split(":///", 1)[1] if ":///" in url else ""
-            if path and path != ":memory:" and "?" not in path:
+            if path and path != ":memory:":
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-                if sqlite_in_loop:
-                    self.sqlite_in_loop = True
+                if "?" not in path:  # URL options: leave the connection to aiosqlite
+                    in_loop = True
                     kwargs["async_creator"] = sqlite_inline.creator(path, SQLITE_BUSY_SECONDS)
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_timeout=10)
         self.engine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             # In the loop, waits for another process's lock are cooperative (busy 0).
-            busy_ms = 0 if self.sqlite_in_loop else int(SQLITE_BUSY_SECONDS * 1000)
+            busy_ms = 0 if in_loop else int(SQLITE_BUSY_SECONDS * 1000)
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas(busy_ms))
             SqliteWriteGate(SQLITE_BUSY_SECONDS).attach(self.engine.sync_engine)
         self._sessions = async_sessionmaker(
