@@ -1,0 +1,1 @@
+"""Security tests: hostile input, stream and auth abuse, upload bombs, erasure scans."""
