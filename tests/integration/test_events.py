@@ -152,6 +152,20 @@ async def post(api: Api, token: str, conversation: str, text: str) -> C.Message:
 # ---------------------------------------------------------------- StreamEvents
 
 
+async def test_the_stream_opens_before_any_event_and_misses_nothing_after(api: Api) -> None:
+    """The response headers come at once (a client or a proxy sees the stream open
+    while the workspace has no event yet), and an event committed after them arrives."""
+    workspace, admin = await api.create_workspace("Headers first")
+    reader = EventReader(api, api.token(workspace, "service"), workspace)
+    await asyncio.wait_for(reader.call.initial_metadata(), READ_TIMEOUT)
+    chat = ChatStream(api, admin)
+    await chat.start(parent=f"workspaces/{workspace}")
+    first = await reader.next()
+    assert (first.seq, first.type) == (1, "conversation.started")
+    reader.close()
+    chat.call.cancel()
+
+
 async def test_events_of_chat_turns_stream_filtered_and_resume_without_loss(api: Api) -> None:
     workspace, admin = await api.create_workspace("Events")
     service = api.token(workspace, "service")

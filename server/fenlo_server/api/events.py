@@ -143,6 +143,10 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
         subscription = self._bus.subscribe(f"stream-events-{next(_ids)}", stream.on_event)
         self._streams.add(stream)
         try:
+            # The response headers go out now, not with the first event: a caller (or a
+            # proxy in between) sees the stream open, and from then on nothing committed
+            # is missed.
+            await context.send_initial_metadata(())
             next_seq = request.start_after_seq + 1
             catch_up = True
             while not stream.ended:
