@@ -64,7 +64,7 @@ from fenlo_server.lifecycle import DataLifecycle
 from fenlo_server.llm.factory import build_router
 from fenlo_server.locks import ConversationLocks, LocalConversationLocks, RedisConversationLocks
 from fenlo_server.pagination import PageTokens
-from fenlo_server.pipeline.analysis import guard_semantic
+from fenlo_server.pipeline.analysis import guard_semantic, intent
 from fenlo_server.pipeline.registry import StepRegistry
 from fenlo_server.pipeline.services import TurnServices
 from fenlo_server.pipeline.steps import register_builtin
@@ -439,9 +439,10 @@ class FenloApp:
             loop.create_task(warm()) for e in self.embedders if (warm := getattr(e, "warm", None))
         ]
         self._warming += [
-            loop.create_task(guard_semantic.shared(e).warm())
+            loop.create_task(layer.warm())
             for e in self.embedders
             if e.model == guard_semantic.MODEL
+            for layer in (guard_semantic.shared(e), intent.shared(e))
         ]
         for service in ("", *SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -30,8 +30,9 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from fenlo_server.knowledge.types import Embedder, Matrix, Vector
+from fenlo_server.knowledge.types import Embedder, Vector
 from fenlo_server.pipeline.analysis.pii import redact
+from fenlo_server.pipeline.analysis.prototypes import Prototypes
 from fenlo_server.pipeline.analysis.types import GuardCategory
 
 log = logging.getLogger(__name__)
@@ -268,9 +269,7 @@ class SemanticGuard:
         if embedder.model != self.model.model or embedder.dimensions != len(self.model.weights):
             raise ValueError(f"the guard model needs the {self.model.model} embedder")
         self.embedder = embedder
-        self._matrix: Matrix | None = None
-        self._texts: list[str] = []
-        self._slices: list[tuple[GuardCategory, int, int]] = []
+        self.prototypes: Prototypes[GuardCategory] = Prototypes(embedder, ATTACKS)
 
     @staticmethod
     def prepare(text: str) -> str:
@@ -285,14 +284,12 @@ class SemanticGuard:
         if vector is None or vector.shape != self.model.weights.shape:
             vector = await self.vector(self.prepare(text))
         probability = self.model.probability(vector)
-        matrix = await self._prototypes()
-        cosines = matrix @ np.asarray(vector, dtype=np.float32)
+        matrix = await self.prototypes.matrix()
         best: tuple[float, GuardCategory, str] | None = None
-        for category, start, end in self._slices:
-            part = cosines[start:end]
+        for category, part, start in self.prototypes.cosines(matrix, vector):
             similarity = float(np.sort(part)[-TOP:].mean())
             if best is None or similarity > best[0]:
-                best = (similarity, category, self._texts[start + int(np.argmax(part))])
+                best = (similarity, category, self.prototypes.texts[start + int(np.argmax(part))])
         assert best is not None
         attack = probability >= self.model.threshold and len(text.split()) >= MIN_WORDS
         return SemanticVerdict(attack, probability, best[1], best[2])
@@ -300,21 +297,9 @@ class SemanticGuard:
     async def warm(self) -> None:
         """Embed the prototypes now (at start-up) rather than on the first message."""
         try:
-            await self._prototypes()
+            await self.prototypes.matrix()
         except Exception:
             log.warning("could not embed the guard's prototypes", exc_info=True)
-
-    async def _prototypes(self) -> Matrix:
-        if self._matrix is None:
-            texts: list[str] = []
-            slices: list[tuple[GuardCategory, int, int]] = []
-            for category, examples in ATTACKS.items():
-                slices.append((category, len(texts), len(texts) + len(examples)))
-                texts.extend(examples)
-            matrix = await self.embedder.embed_documents(texts)
-            self._texts, self._slices = texts, slices
-            self._matrix = matrix
-        return self._matrix
 
 
 _SHARED: dict[int, tuple[Embedder, SemanticGuard]] = {}

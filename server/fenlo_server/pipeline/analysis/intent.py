@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 
+from fenlo_server.pipeline.analysis.prototypes import Prototypes
 from fenlo_server.pipeline.analysis.types import Intent, IntentKind
 from fenlo_server.text.words import fold
 
@@ -730,23 +731,25 @@ class IntentClassifier:
     """Rules, plus nearest prototypes when an embedder is given (see the module doc).
 
     The prototypes are embedded with ``embedder`` on the first :meth:`classify`
-    (two concurrent first calls may both embed them; the result is the same).
+    (or :meth:`warm`); concurrent first calls wait for the same embedding.
     Without an embedder, or if embedding fails, it classifies by the rules alone.
     """
 
     def __init__(self, embedder: Embedder | None = None) -> None:
         self.embedder = embedder
-        self._matrix: Matrix | None = None
-        self._texts: list[str] = []
-        self._slices: list[tuple[IntentKind, int, int]] = []
+        self.prototypes: Prototypes[IntentKind] | None = (
+            Prototypes(embedder, {kind: PROTOTYPES[kind] for kind in INTENTS})
+            if embedder is not None
+            else None
+        )
 
     async def classify(self, text: str, vector: Vector | None = None) -> Intent:
         """The intent of ``text``. ``vector`` is the message's vector from the
         classifier's embedder (the multilingual model), when the caller already has it."""
-        if self.embedder is None:
+        if self.embedder is None or self.prototypes is None:
             return classify_rules(text)
         try:
-            matrix = await self._prototypes(self.embedder)
+            matrix = await self.prototypes.matrix()
             if vector is None or vector.shape != (matrix.shape[1],):
                 vector = await self.embedder.embed_query(text)
         except Exception:
@@ -761,33 +764,41 @@ class IntentClassifier:
 
     def similarities(self, vector: Vector) -> dict[IntentKind, float]:
         """Per-intent similarity of a message vector (after the first :meth:`classify`)."""
-        if self._matrix is None:
+        matrix = self.prototypes.embedded if self.prototypes is not None else None
+        if matrix is None:
             raise RuntimeError("the prototypes are embedded on the first classify()")
-        return self._similarity(self._matrix, vector)[0]
+        return self._similarity(matrix, vector)[0]
 
-    async def _prototypes(self, embedder: Embedder) -> Matrix:
-        if self._matrix is None:
-            texts: list[str] = []
-            slices: list[tuple[IntentKind, int, int]] = []
-            for kind in INTENTS:
-                examples = PROTOTYPES[kind]
-                slices.append((kind, len(texts), len(texts) + len(examples)))
-                texts.extend(examples)
-            matrix = await embedder.embed_documents(texts)
-            self._texts, self._slices = texts, slices
-            self._matrix = matrix
-        return self._matrix
+    async def warm(self) -> None:
+        """Embed the prototypes now (at start-up) rather than on the first message."""
+        if self.prototypes is None:
+            return
+        try:
+            await self.prototypes.matrix()
+        except Exception:
+            log.warning("could not embed the intent prototypes", exc_info=True)
 
     def _similarity(
         self, matrix: Matrix, vector: Vector
     ) -> tuple[dict[IntentKind, float], dict[IntentKind, tuple[str, float]]]:
-        cosines = matrix @ np.asarray(vector, dtype=np.float32)
+        assert self.prototypes is not None
         similarity: dict[IntentKind, float] = {}
         nearest: dict[IntentKind, tuple[str, float]] = {}
-        for kind, start, end in self._slices:
-            part = cosines[start:end]
+        for kind, part, start in self.prototypes.cosines(matrix, vector):
             top = np.sort(part)[-TOP_PROTOTYPES:]
             similarity[kind] = float(top.mean())
             best = int(np.argmax(part))
-            nearest[kind] = (self._texts[start + best], float(part[best]))
+            nearest[kind] = (self.prototypes.texts[start + best], float(part[best]))
         return similarity, nearest
+
+
+_SHARED: dict[int, tuple[Embedder, IntentClassifier]] = {}
+
+
+def shared(embedder: Embedder) -> IntentClassifier:
+    """One classifier per embedder for the process, so its prototypes are embedded
+    once (not once per pipeline configuration)."""
+    entry = _SHARED.get(id(embedder))
+    if entry is None or entry[0] is not embedder:
+        entry = _SHARED[id(embedder)] = (embedder, IntentClassifier(embedder))
+    return entry[1]

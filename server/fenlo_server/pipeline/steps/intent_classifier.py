@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from fenlo_server.pipeline.analysis import intent
 from fenlo_server.pipeline.analysis.intent import IntentClassifier as Classifier
 from fenlo_server.pipeline.context import MessageContext
 
@@ -28,7 +29,7 @@ class IntentClassifier:
             embedder = next(
                 (e for e in ctx.services.knowledge.embedders if e.model == MULTILINGUAL), None
             )
-            self._classifier = Classifier(embedder)
+            self._classifier = intent.shared(embedder) if embedder else Classifier(None)
         ctx.intent = await self._classifier.classify(ctx.text, ctx.query_vectors.get(MULTILINGUAL))
 
 
