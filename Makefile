@@ -43,8 +43,10 @@ test: $(STAMP)
 
 # The long fault and load suite (tests/reliability, marked `reliability`); prints a
 # summary ending with `lost:`, `duplicated:` and `leaks:` and writes it to
-# tests/reliability/results/latest.txt.
+# tests/reliability/results/latest.txt. The replica scenarios need nginx
+# (scripts/ensure-nginx installs Debian's nginx-light when it is missing).
 reliability: $(STAMP)
+	scripts/ensure-nginx
 	$(BIN)/pytest -m reliability tests/reliability
 
 lint: $(STAMP)

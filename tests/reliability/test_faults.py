@@ -18,7 +18,7 @@ import os
 import shutil
 import signal
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,7 +258,7 @@ def check_events(
 
 
 def check_turn_events(
-    ledger: Ledger, keys: collections.Counter[tuple[str, str]], clients: list[ChatClient]
+    ledger: Ledger, keys: collections.Counter[tuple[str, str]], clients: Sequence[ChatClient]
 ) -> int:
     """Per completed (not replayed) turn: one turn.completed, one message.created for
     its user message and one for its answer."""
@@ -286,7 +286,7 @@ def shared_database(sqlite_template: Path, tmp_path: Path) -> str:
     return _sqlite_url(sqlite_template, tmp_path / "db")
 
 
-async def wait_turns(clients: list[ChatClient], more: int, within: float, what: str) -> None:
+async def wait_turns(clients: Sequence[ChatClient], more: int, within: float, what: str) -> None:
     """Until every client has completed ``more`` further turns (bounded)."""
     targets = [len(c.completed) + more for c in clients]
 
