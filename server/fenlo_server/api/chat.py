@@ -1,11 +1,12 @@
 """ChatService: the bidirectional chat stream.
 
 One stream carries one conversation. A reader task takes the caller's
-requests; a controller handles them (start, user messages into a bounded turn
-queue, interrupts, end); a worker runs the queued turns one at a time through
-the workspace's pipeline; everything the caller gets goes through one bounded
-queue, so a caller that stops reading slows its own generation instead of
-growing the server's memory.
+requests, at most INPUT_BUFFER ahead of the controller, so HTTP/2 flow control
+pushes back on a caller that floods; a controller handles them (start, user
+messages into a bounded turn queue, interrupts, end); a worker runs the queued
+turns one at a time through the workspace's pipeline; everything the caller
+gets goes through one bounded queue, so a caller that stops reading slows its
+own generation instead of growing the server's memory.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ Ctx = aio.ServicerContext[Any, Any]
 MAX_CLIENT_MESSAGE_ID = 128
 _WORDS = re.compile(r"\s*\S+\s*")
 OUTPUT_BUFFER = 256  # responses waiting for a slow reader before generation pauses
+INPUT_BUFFER = 16  # requests read from the caller, not yet handled, before reading pauses
 _HANDOFF = {
     "user_request": chat_pb2.HANDOFF_REASON_USER_REQUEST,
     "escalation": chat_pb2.HANDOFF_REASON_ESCALATION,
@@ -301,6 +303,10 @@ class ChatSession:
         self._services = services
         self._requests = requests
         self._inbox: asyncio.Queue[object] = asyncio.Queue()
+        # Room for the caller's requests in the inbox: when INPUT_BUFFER of them wait,
+        # the reader stops pulling from gRPC and HTTP/2 flow control pushes back on
+        # the caller, so a flood of requests cannot grow the server's memory.
+        self._room = asyncio.Semaphore(INPUT_BUFFER)
         self._out: asyncio.Queue[object] = asyncio.Queue(OUTPUT_BUFFER)
         self._turns: asyncio.Queue[chat_pb2.UserMessage | None] = asyncio.Queue()
         self._pending = 0  # queued plus running turns
@@ -390,6 +396,7 @@ class ChatSession:
     async def _read(self) -> None:
         try:
             async for request in self._requests:
+                await self._room.acquire()
                 self._inbox.put_nowait(request)
         except asyncio.CancelledError:
             raise
@@ -398,11 +405,18 @@ class ChatSession:
         finally:
             self._inbox.put_nowait(_EOF)
 
+    async def _take(self) -> object:
+        """The next request or notice; taking a request makes room for the reader."""
+        item = await self._inbox.get()
+        if isinstance(item, chat_pb2.ChatRequest):
+            self._room.release()
+        return item
+
     async def _next_request(self) -> object:
         try:
             # asyncio.timeout, not wait_for: no task of its own for every request.
             async with asyncio.timeout(self._settings.chat_idle_timeout_seconds):
-                return await self._inbox.get()
+                return await self._take()
         except TimeoutError:
             return _EOF
 
@@ -542,7 +556,7 @@ class ChatSession:
                 wait = age_left if self._pending else min(age_left, idle_left)
                 try:
                     async with asyncio.timeout(max(wait, 0.01)):
-                        item = await self._inbox.get()
+                        item = await self._take()
                 except TimeoutError:
                     continue
                 if item is _TURN_DONE:
