@@ -65,6 +65,7 @@ class Seen:
     headers: dict[str, str]
     received: float
     disconnected: float | None = None  # when the client closed the connection early
+    tokens_sent: int = 0  # answer tokens written to the connection (and drained) so far
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -282,6 +283,7 @@ class FakeLlmServer:
             if closed.is_set():
                 return
             await self._event(writer, model, {"role": "assistant", "content": token}, None)
+            seen.tokens_sent += 1
         await self._event(writer, model, {}, reply.finish_reason, usage=reply.usage, n=len(tokens))
         await self._chunk(writer, "data: [DONE]\n\n")
         await self._end(writer)

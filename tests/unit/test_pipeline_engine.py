@@ -14,6 +14,7 @@ import pytest
 
 from fenlo_server.pipeline.context import ConversationMemory, MessageContext
 from fenlo_server.pipeline.engine import (
+    GENERATION_BUFFER,
     Acknowledged,
     Analysed,
     Guarded,
@@ -178,11 +179,12 @@ async def test_an_essential_step_failing_fails_the_turn() -> None:
     assert ctx.user_message_id == ""  # never acknowledged
 
 
-async def run_events(pipeline: Pipeline, ctx: MessageContext) -> None:
-    async def acknowledge(c: MessageContext) -> None:
-        c.user_message_id = "m1"
+async def run_events_acknowledge(c: MessageContext) -> None:
+    c.user_message_id = "m1"
 
-    async for _ in pipeline.run(ctx, acknowledge, TurnControl(ctx)):
+
+async def run_events(pipeline: Pipeline, ctx: MessageContext) -> None:
+    async for _ in pipeline.run(ctx, run_events_acknowledge, TurnControl(ctx)):
         pass
 
 
@@ -221,6 +223,29 @@ async def test_an_interrupt_stops_generation_at_once_and_cuts_the_answer() -> No
     assert ctx.events == ["store"]
     assert outcomes(ctx)[0] == ("words", "ran")
     assert ctx.timings[0].detail == "interrupted"
+
+
+async def test_a_slow_reader_pauses_generation() -> None:
+    produced = 0
+
+    class Counting(Words):
+        async def stream(self, ctx: MessageContext) -> AsyncIterator[str]:
+            nonlocal produced
+            async for word in super().stream(ctx):
+                produced += 1
+                yield word
+
+    pipeline = Pipeline([Counting([f"w{i} " for i in range(10 * GENERATION_BUFFER)])])
+    ctx = context()
+    events = aiter(pipeline.run(ctx, run_events_acknowledge, TurnControl(ctx)))
+    while not isinstance(await anext(events), Text):  # the reader takes one piece...
+        pass
+    for _ in range(1000):  # ...then reads no more for a while
+        await asyncio.sleep(0)
+    assert produced <= GENERATION_BUFFER + 2  # the piece read, the one waiting for room
+    rest = [e.text async for e in events if isinstance(e, Text)]
+    assert len(rest) == 10 * GENERATION_BUFFER - 1  # reading again resumes it; nothing lost
+    assert ctx.answer == "".join(f"w{i} " for i in range(10 * GENERATION_BUFFER))
 
 
 def test_at_most_one_generate_step() -> None:

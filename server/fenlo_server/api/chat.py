@@ -372,6 +372,10 @@ class ChatSession:
 
     async def _close(self) -> None:
         self._discard = True  # nobody reads any more
+        # Drop what waits for the caller: a turn blocked on the full queue then goes on
+        # (and stores what was delivered) instead of waiting forever.
+        while not self._out.empty():
+            self._out.get_nowait()
         worker = self._worker
         for task in self._tasks:
             if task is not worker:

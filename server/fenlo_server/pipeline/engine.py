@@ -6,7 +6,9 @@ early (a fixed reply or silence); then the user message is acknowledged
 fixed reply; then every ``post`` step runs, even after an early end. Each
 step's time and outcome (ran, skipped, failed) is recorded on the turn. The
 answer is produced by a task feeding a queue, so generation can start while
-the user message is still being written, and an interrupt stops it at once.
+the user message is still being written, and an interrupt stops it at once;
+the queue is bounded, so a caller that reads slowly pauses the generation (and
+its upstream LLM request) instead of the answer piling up in memory.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class Analysed:
 TurnEvent = Acknowledged | Guarded | Text | Cited | Analysed
 
 _END = object()
+GENERATION_BUFFER = 64  # pieces of text generated ahead of the caller before generation pauses
 
 
 class Pipeline:
@@ -178,6 +181,9 @@ class TurnControl:
 
     def __init__(self, ctx: MessageContext) -> None:
         self._queue: asyncio.Queue[object] = asyncio.Queue()
+        # At most GENERATION_BUFFER pieces of text wait in the queue; the end and a
+        # failure are put without waiting, so stopping never blocks on a full queue.
+        self._room = asyncio.Semaphore(GENERATION_BUFFER)
         self._task: asyncio.Task[None] | None = None
         self._ctx = ctx
         self._started = 0.0
@@ -199,6 +205,7 @@ class TurnControl:
     async def _produce(self, step: GeneratingStep, ctx: MessageContext) -> None:
         try:
             async for text in step.stream(ctx):
+                await self._room.acquire()
                 self._queue.put_nowait(text)
         except asyncio.CancelledError:
             pass  # interrupted: the stream (and its upstream request) is closed
@@ -214,6 +221,8 @@ class TurnControl:
             if item is _END:
                 return
             assert isinstance(item, str | BaseException)
+            if isinstance(item, str):
+                self._room.release()  # room for the next piece
             yield item
 
     def interrupt(self, delivered: int | None) -> None:
