@@ -248,6 +248,29 @@ async def test_a_slow_reader_pauses_generation() -> None:
     assert ctx.answer == "".join(f"w{i} " for i in range(10 * GENERATION_BUFFER))
 
 
+async def test_a_turn_interrupted_before_it_is_acknowledged_ends_there() -> None:
+    words = Words(["never"])
+    ctx = context()
+    control = TurnControl(ctx)
+
+    class CallerLeaves(Recorder):
+        async def run(self, ctx: MessageContext) -> None:
+            await super().run(ctx)
+            control.interrupt(0)  # the caller went away during the pre steps
+
+    pipeline = Pipeline([CallerLeaves("guard"), words, Recorder("store", "post")])
+    acknowledged: list[str] = []
+
+    async def acknowledge(c: MessageContext) -> None:
+        acknowledged.append(c.turn_id)
+
+    events = [e async for e in pipeline.run(ctx, acknowledge, control)]
+    assert events == []
+    assert acknowledged == []  # nothing stored
+    assert not words.closed  # nothing generated
+    assert ctx.events == ["guard"]  # no post steps either: there is nothing to analyse
+
+
 def test_at_most_one_generate_step() -> None:
     with pytest.raises(ValueError, match="at most one generate step"):
         Pipeline([Words(["a"]), Words(["b"])])

@@ -722,6 +722,8 @@ class ChatSession:
         pipeline = self._registry.build(info.settings.get("pipeline"))
         control = TurnControl(ctx)
         self._current = (ctx.turn_id, control, ctx)
+        if self._discard:  # the caller went away while the turn was being set up
+            control.interrupt(0)
         deadline = asyncio.get_running_loop().call_later(
             self._settings.chat_turn_deadline_seconds, control.interrupt, None
         )
@@ -862,7 +864,11 @@ class ChatSession:
                 else DeadlineExceeded(
                     Reason.ERROR_REASON_TURN_DEADLINE_EXCEEDED,
                     f"the turn took longer than {self._settings.chat_turn_deadline_seconds:g}s; "
-                    "what was generated is stored, marked interrupted",
+                    + (
+                        "what was generated is stored, marked interrupted"
+                        if message_name
+                        else "it stopped before the message was stored"
+                    ),
                 )
             )
             await self._emit(_turn_error(turn_id if message_name else "", problem))

@@ -3,7 +3,8 @@
 It knows no step by name. ``pre`` steps run in order until one ends generation
 early (a fixed reply or silence); then the user message is acknowledged
 (stored) and the answer streams, either from the ``generate`` step or from the
-fixed reply; then every ``post`` step runs, even after an early end. Each
+fixed reply; then every ``post`` step runs, even after an early end. A turn
+interrupted before it is acknowledged ends there, with nothing stored. Each
 step's time and outcome (ran, skipped, failed) is recorded on the turn. The
 answer is produced by a task feeding a queue, so generation can start while
 the user message is still being written, and an interrupt stops it at once;
@@ -129,6 +130,11 @@ class Pipeline:
                 self._skip(step, ctx, "generation ended early")
             else:
                 await self._run(step, ctx)
+        if ctx.interrupted:
+            # Stopped before it was acknowledged (the caller went away, or the deadline
+            # passed during the pre steps): like a queued turn, nothing of it is
+            # stored, and no answer is generated for a caller who is gone.
+            return
         generate = self.generate
         if generate is not None and not ctx.ended_early:
             turn.start(generate, ctx)
