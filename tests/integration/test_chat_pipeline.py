@@ -491,11 +491,13 @@ async def test_a_stream_past_its_maximum_age_drains(sqlite_template: Path, tmp_p
             started = time.monotonic()
             await chat.start(parent=f"workspaces/{workspace}")
             await chat.say("Hello")
-            await chat.turn()
-            # The stream is told to reconnect, then closed with OK by the server.
-            rest = await chat.rest()
-            assert [r.WhichOneof("kind") for r in rest] == ["draining"]
-            assert 1.0 <= time.monotonic() - started < 10
+            # The stream is told to reconnect (during the turn if the turn outlives the
+            # age, as a first turn that loads the models may), the turn finishes, and
+            # the server closes the stream with OK.
+            kinds = [r.WhichOneof("kind") for r in await chat.rest()]
+            assert kinds.count("draining") == 1 and kinds.count("turn_completed") == 1, kinds
+            assert kinds.index("turn_started") < kinds.index("turn_completed"), kinds
+            assert 1.0 <= time.monotonic() - started < 30
     finally:
         await app.stop(grace=0)
 
