@@ -129,9 +129,12 @@ class RedisLink:
         while True:
             await self._down.wait()
             # Connections opened before the failure may be dead (a restarted Redis):
-            # drop them all, so the first calls after the recovery do not fail on them.
+            # drop the idle ones, so the first calls after the recovery do not fail on
+            # them. Connections in use are left to their calls (they fail by themselves
+            # if Redis is gone): closing them under a call that was about to succeed
+            # turned one slow reply into errors in every component at once.
             with contextlib.suppress(Exception):
-                await self.client.connection_pool.disconnect()
+                await self.client.connection_pool.disconnect(inuse_connections=False)
             await asyncio.sleep(self._backoff)
             if await self._ping():
                 self._mark_up()
