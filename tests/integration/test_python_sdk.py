@@ -222,7 +222,9 @@ async def test_interrupt_mid_answer_keeps_what_was_delivered(slow_app: FenloApp)
     async with fenlo.Client(f"127.0.0.1:{slow_app.port}", token=token) as client:
         async with client.chat(workspace) as chat:
             events: list[chat_pb2.ChatResponse] = []
-            async for event in chat.send("Tell me everything you know"):
+            # A question the prompt guard lets through, so the answer is generated (a
+            # guard's refusal would be sent in one go, with nothing left to interrupt).
+            async for event in chat.send("What do you offer, and what does it cost?"):
                 events.append(event)
                 deltas = [e for e in events if e.WhichOneof("kind") == "delta"]
                 if len(deltas) == 2 and event.WhichOneof("kind") == "delta":
@@ -230,6 +232,7 @@ async def test_interrupt_mid_answer_keeps_what_was_delivered(slow_app: FenloApp)
                     await chat.interrupt()
             delivered = answer(events[: events.index(deltas[1]) + 1])
             completed = events[-1].turn_completed
+            assert "guard" not in completed.providers, completed
             assert completed.interrupted
             assert chat.turn_id == ""
             with pytest.raises(RuntimeError):
