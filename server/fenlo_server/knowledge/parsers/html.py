@@ -68,7 +68,15 @@ class _TreeBuilder(HTMLParser):
             self._close(*_IMPLIED[tag])
         element = _Element(tag, {name.lower(): value or "" for name, value in attrs})
         self._stack[-1].children.append(element)
-        if not empty and tag not in _VOID and len(self._stack) < MAX_HTML_DEPTH:
+        if empty or tag in _VOID:
+            return
+        # Past the depth limit an element's content goes to its ancestor, except the
+        # content of an element that is dropped anyway (a script, a hidden block):
+        # it gets one level more, so that what it holds is dropped with it.
+        depth = len(self._stack)
+        if depth < MAX_HTML_DEPTH or (
+            depth == MAX_HTML_DEPTH and (tag in _DROP_TAGS or _is_hidden(element))
+        ):
             self._stack.append(element)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -85,6 +93,15 @@ class _TreeBuilder(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         self._stack[-1].children.append(data)
+
+    def parse_marked_section(self, i: int, report: bool = True) -> int:
+        # The standard library raises AssertionError on a marked section it does not
+        # know (`<![foo[`, `<![ `); HTML reads any of them as a bogus comment.
+        try:
+            return super().parse_marked_section(i, report)
+        except AssertionError:
+            end = self.rawdata.find(">", i + 3)
+            return -1 if end < 0 else end + 1
 
 
 _DROP_TAGS = frozenset(
