@@ -169,6 +169,36 @@ def test_html_keeps_visible_text_and_drops_every_hidden_place(depth: int) -> Non
     assert leaked == [], leaked
 
 
+def test_markdown_drops_raw_script_and_style_blocks_but_keeps_code() -> None:
+    tag = uuid.uuid4().hex[:6]
+    text = f"""# Widget guide
+
+The visible opening says seenone{tag}.
+
+<script>
+var key = "hidblock{tag}";
+
+steal(key); // a blank line inside the block does not end it
+</script>
+
+<style>.hidstyle{tag} {{ color: red }}</style>
+The line after the style says seentwo{tag}.
+
+Inline <script>alert("hidinline{tag}")</script> text says seenthree{tag}.
+
+```html
+<script src="/shownfence{tag}.js"></script>
+```
+
+A code span shows `<script>showncode{tag}</script>` literally.
+"""
+    parsed = text_of(parse(text.encode(), filename="widget.md"))
+    for word in ("seenone", "seentwo", "seenthree", "shownfence", "showncode"):
+        assert f"{word}{tag}" in parsed, word
+    for word in ("hidblock", "hidstyle", "hidinline"):
+        assert f"{word}{tag}" not in parsed, word
+
+
 async def test_hidden_html_never_reaches_stored_passages_search_or_citations(
     sqlite_api: Api,
 ) -> None:

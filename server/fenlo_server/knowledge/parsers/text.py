@@ -79,6 +79,10 @@ _MD_TABLE_SEPARATOR = re.compile(r"^ {0,3}\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?
 _MD_LINK_DEFINITION = re.compile(r"^ {0,3}\[[^\]]+\]:[ \t]*\S+")
 _MD_QUOTE = re.compile(r"^ {0,3}>[ \t]?")
 _MD_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+# Raw HTML whose content a reader never sees: a block that starts a line runs to
+# the line with its end tag (CommonMark's HTML block 1), blank lines and all.
+_MD_HIDDEN_BLOCK = re.compile(r"^ {0,3}<(script|style)(?:[\s>]|$)", re.IGNORECASE)
+_MD_HIDDEN_INLINE = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 
 _MD_CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.DOTALL)
 _MD_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
@@ -109,6 +113,7 @@ def _md_inline(text: str) -> str:
     text = _MD_IMAGE.sub("", text)
     text = _MD_LINK.sub(r"\1", text)
     text = _MD_REFERENCE_LINK.sub(r"\1", text)
+    text = _MD_HIDDEN_INLINE.sub("", text)
     text = _MD_TAG.sub("", text)
     for _ in range(2):  # ***both*** is strong around emphasis
         text = _MD_STRONG.sub(r"\2", text)
@@ -216,6 +221,10 @@ class _MarkdownParser:
         if fence and not (fence.group(2)[0] == "`" and "`" in fence.group(3)):
             self._flush()
             return self._fenced_code(lines, index, len(fence.group(1)), fence.group(2))
+        hidden = _MD_HIDDEN_BLOCK.match(line)
+        if hidden:
+            self._flush()
+            return self._hidden_html(lines, index - 1, hidden.group(1))
         setext = _MD_SETEXT.match(line)
         if setext and self._paragraph and not self._item:
             level = 1 if setext.group(1)[0] == "=" else 2
@@ -277,6 +286,15 @@ class _MarkdownParser:
             code.append(re.sub(rf"^ {{0,{indent}}}", "", line))
         if any(line.strip() for line in code):
             self.blocks.append(Block("code", "\n".join(code)))
+        return index
+
+    def _hidden_html(self, lines: Sequence[str], index: int, tag: str) -> int:
+        """Skip a <script> or <style> block, up to the line that closes it."""
+        end = re.compile(rf"</{tag}\s*>", re.IGNORECASE)
+        while index < len(lines):
+            index += 1
+            if end.search(lines[index - 1]):
+                break
         return index
 
     def _indented_code(self, lines: Sequence[str], index: int) -> int:
