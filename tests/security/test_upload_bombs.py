@@ -12,6 +12,9 @@ stored and searchable afterwards.
 
 from __future__ import annotations
 
+import encodings
+import encodings.aliases
+import pkgutil
 import tracemalloc
 import uuid
 from dataclasses import dataclass
@@ -248,3 +251,53 @@ def test_html_with_an_unknown_marked_section_is_read(section: str) -> None:
     assert "Before the section." in text
     if section != "<![":  # unterminated: what follows is the rest of the declaration
         assert "After the section." in text
+
+
+def codec_names() -> list[str]:
+    names = set(encodings.aliases.aliases) | set(encodings.aliases.aliases.values())
+    names |= {module.name for module in pkgutil.iter_modules(encodings.__path__)}
+    return sorted(names - {"aliases"})
+
+
+def test_any_charset_a_file_declares_is_read_or_refused_cleanly() -> None:
+    """Every codec name Python knows, declared the three ways a file can declare
+    one, on bytes that are not UTF-8: base64, zlib, rot13 and the like are not
+    text encodings (they used to raise LookupError out of the parser)."""
+    samples = [b"caf\xe9 \x80\x81 \xff\xfe menu", b"\x81\x8d\x8f\x90\x9d plain words"]
+    bad: dict[str, str] = {}
+    for name in codec_names():
+        declared = name.encode()
+        for data in samples:
+            for how, content, mime in (
+                ("mime", data, f"text/plain; charset={name}"),
+                ("meta", b"<html><head><meta charset=" + declared + b"></head><body>" + data, None),
+                ("xml", b'<?xml version="1.0" encoding="' + declared + b'"?><html>' + data, None),
+            ):
+                try:
+                    parse(content, declared_mime=mime)
+                except ParseError:
+                    pass
+                except Exception as error:
+                    bad[f"{name}/{how}"] = repr(error)
+    assert bad == {}
+
+
+def test_a_non_text_charset_still_gives_the_text() -> None:
+    document = parse(
+        b"Caf\xe9 opening hours: nine to five.", declared_mime="text/plain; charset=base64"
+    )
+    assert text_of(document).startswith("Café opening hours")
+
+
+async def test_weird_html_and_charsets_end_ready_not_stuck_processing(sqlite_api: Api) -> None:
+    api = sqlite_api
+    workspace, token = await api.create_workspace("Odd files")
+    page = "<html>{}<body><p>Caf\xe9 hours: nine to five.</p>{}<p>Closed Sundays.</p></body></html>"
+    cases = [
+        (page.format("", "<![foo[x]]>").encode("latin-1"), ""),
+        (b"Caf\xe9 hours are nine to five, closed on Sunday.", "text/plain; charset=base64"),
+        (page.format("<head><meta charset=zlib></head>", "").encode("latin-1"), ""),
+    ]
+    for content, mime in cases:
+        document = await upload_and_wait(api, workspace, token, content, mime_type=mime)
+        assert document.status == K.DOCUMENT_STATUS_READY, (content[:40], document.failure)

@@ -75,7 +75,7 @@ def _decode(data: bytes, declared_mime: str | None) -> str:
         if candidate:
             try:
                 return _newlines(data.decode(candidate))
-            except UnicodeDecodeError:
+            except (UnicodeError, LookupError):  # LookupError: not a text codec (base64)
                 continue
     return _newlines(data.decode("latin-1"))
 
