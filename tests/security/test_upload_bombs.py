@@ -14,10 +14,20 @@ from __future__ import annotations
 
 import encodings
 import encodings.aliases
+import http.server
+import io
 import pkgutil
+import random
+import struct
+import threading
 import tracemalloc
 import uuid
-from dataclasses import dataclass
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +35,9 @@ from sqlalchemy import func, select
 
 from fenlo.v1 import knowledge_pb2
 from fenlo_server.knowledge.parsers import (
+    MAX_DOCX_DEPTH,
     MAX_HTML_DEPTH,
+    MAX_ZIP_ENTRIES,
     parse,
 )
 from fenlo_server.knowledge.types import ParsedDocument, ParseError
@@ -33,6 +45,7 @@ from fenlo_server.storage.models import DocumentRow, KbChunkRow, KbSectionRow
 from tests.chat_helpers import ChatStream
 from tests.helpers import Api
 from tests.integration.test_knowledge import search, upload, wait_done
+from tests.unit.test_parsers import W_NS, w_paragraph
 
 K = knowledge_pb2
 MiB = 1024 * 1024
@@ -301,3 +314,311 @@ async def test_weird_html_and_charsets_end_ready_not_stuck_processing(sqlite_api
     for content, mime in cases:
         document = await upload_and_wait(api, workspace, token, content, mime_type=mime)
         assert document.status == K.DOCUMENT_STATUS_READY, (content[:40], document.failure)
+
+
+# ---------------------------------------------------------------- DOCX: zip bombs
+
+
+def deflated(total: int, fill: bytes, head: bytes = b"", *, wbits: int = -15) -> bytes:
+    """``head`` then ``total`` bytes of ``fill``, deflated (raw, or zlib with
+    ``wbits=15``) without running the compressor over all of it: one flushed MiB,
+    repeated. A GiB of a short pattern is a few MB. (The zlib checksum at the end
+    is wrong, but nothing should read that far.)"""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    block = fill * (MiB // len(fill))
+    first = compressor.compress(head + block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    repeated = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    return first + repeated * (total // len(block) - 1) + compressor.flush()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A ZIP entry with whatever sizes and checksum it claims to have."""
+
+    name: str
+    stored: bytes  # the bytes in the archive, raw deflate
+    file_size: int  # the uncompressed size it declares
+    crc: int = 0
+
+
+def entry(name: str, content: bytes) -> Entry:
+    """An honest entry."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return Entry(
+        name, compressor.compress(content) + compressor.flush(), len(content), zlib.crc32(content)
+    )
+
+
+def raw_zip(entries: list[Entry]) -> bytes:
+    """A ZIP archive written by hand, so that its headers can lie."""
+    out = bytearray()
+    directory = bytearray()
+    deflate = zipfile.ZIP_DEFLATED
+    for item in entries:
+        offset = len(out)
+        name = item.name.encode()
+        sizes = (item.crc, len(item.stored), item.file_size)
+        out += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, deflate, 0, 0, *sizes, len(name), 0)
+        out += name + item.stored
+        directory += struct.pack(
+            "<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, deflate, 0, 0, *sizes, len(name), 0, 0, 0, 0,
+            0, offset,
+        )  # fmt: skip
+        directory += name
+    end = struct.pack(
+        "<4s4H2LH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(directory), len(out), 0
+    )
+    return bytes(out + directory + end)
+
+
+def document_xml(body: str, *, prolog: str = "", encoding: str = "utf-8") -> bytes:
+    return (
+        f'<?xml version="1.0" encoding="{encoding.upper()}"?>{prolog}'
+        f'<w:document xmlns:w="{W_NS}"><w:body>{body}</w:body></w:document>'
+    ).encode(encoding)
+
+
+OPENING = w_paragraph("The visible opening paragraph.")
+HEAD = document_xml(OPENING).removesuffix(b"</w:body></w:document>")
+EMPTY_PARAGRAPH = b"<w:p/>" + b" " * 58  # 64 bytes of a paragraph that holds nothing
+
+
+def bomb_entry(declared: int) -> Entry:
+    """word/document.xml expanding to a GiB of empty paragraphs, declaring ``declared``."""
+    return Entry("word/document.xml", deflated(GiB, EMPTY_PARAGRAPH, HEAD), declared)
+
+
+ZIP_BOMBS: dict[str, tuple[Callable[[], list[Entry]], str]] = {
+    # Honest about its gigabyte: refused on what it declares. Its stored bytes are
+    # not even deflate, so a parser that started to read it would fail otherwise.
+    "declares-a-gigabyte": (lambda: [Entry("word/document.xml", b"\x07" * 4096, GiB)], "too_large"),
+    "a-real-gigabyte": (lambda: [bomb_entry(GiB + len(HEAD))], "too_large"),
+    # Lies: small declared sizes. Reading stops at the declared size, where the
+    # checksum does not match.
+    "declares-10-kb": (lambda: [bomb_entry(10_000)], "malformed"),
+    "declares-4-mib": (lambda: [bomb_entry(4 * MiB)], "malformed"),
+    # Lies the other way: a tiny part that claims 4 GiB.
+    "claims-4-gib": (
+        lambda: [replace(entry("word/document.xml", document_xml(OPENING)), file_size=0xFFFF_FFF0)],
+        "too_large",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ZIP_BOMBS))
+def test_docx_zip_bomb_fails_without_expanding(case: str) -> None:
+    build, reason = ZIP_BOMBS[case]
+    data = raw_zip(build())
+    assert len(data) < 8 * MiB  # small on the wire
+    result, peak = measured(data, filename="contract.docx")
+    error = failure(result, reason)
+    assert peak < 8 * MiB, f"{case}: held {peak / MiB:.0f} MiB"
+    if reason == "too_large":
+        assert "Split it" in error.message
+
+
+def test_docx_parts_are_read_a_chunk_at_a_time() -> None:
+    """Element-dense XML within every limit: the old reader built the whole tree
+    (some 30 MB here for 1.7 MB of XML, 700 MB at the 50 MB budget); each finished
+    block is now read and dropped."""
+    rng = random.Random(7)
+    paragraphs = "".join(f'<w:p w:rsidR="{rng.getrandbits(32):08X}"/>' for _ in range(70_000))
+    data = docx_of(document_xml(paragraphs + w_paragraph("The last paragraph.")))
+    result, peak = measured(data)
+    assert text_of(result).startswith("The last paragraph.")
+    assert peak < 8 * MiB, f"held {peak / MiB:.0f} MiB"
+
+
+def docx_of(document: bytes, extra: dict[str, bytes] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("word/document.xml", document)
+        for name, content in (extra or {}).items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def test_docx_with_too_many_entries_is_refused() -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("word/document.xml", document_xml(OPENING))
+        for i in range(MAX_ZIP_ENTRIES):
+            archive.writestr(f"word/media/{i}.bin", b"")
+    error = failure(outcome(buffer.getvalue()), "unsupported_type")
+    assert f"{MAX_ZIP_ENTRIES + 1:,} files" in error.message
+
+
+def test_nested_archives_are_never_opened() -> None:
+    inner = docx_of(document_xml(w_paragraph("Inside the inner archive.")))
+    # A document part that is itself a ZIP is not XML.
+    failure(outcome(docx_of(inner)), "malformed")
+    # An embedded object claiming a gigabyte (with bytes that are not deflate) is
+    # never read: the document is.
+    embedded = Entry("word/embeddings/oleObject1.bin", b"\x07" * 4096, GiB)
+    data = raw_zip([entry("word/document.xml", document_xml(OPENING)), embedded])
+    result, peak = measured(data)
+    assert text_of(result).startswith("The visible opening paragraph.")
+    assert peak < 4 * MiB
+
+
+def test_entry_names_that_climb_out_are_harmless(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    names = ["../../../../tmp/evil.xml", "/etc/evil.xml", "word/../../evil.xml", "..\\..\\evil.xml"]
+    entries = [entry(name, b"<evil>climbed out</evil>") for name in names]
+    # Two entries of the document part: one of them is read, never a mix.
+    first = entry("word/document.xml", document_xml(w_paragraph("The first copy.")))
+    second = entry("word/document.xml", document_xml(w_paragraph("The second copy.")))
+    text = text_of(parse(raw_zip([*entries, first, second])))
+    assert ("The first copy." in text) != ("The second copy." in text)
+    assert "climbed out" not in text
+    assert list(tmp_path.iterdir()) == []  # nothing was extracted anywhere near
+
+
+# ---------------------------------------------------------------- DOCX: XML attacks
+
+LAUGHS = (
+    '<!DOCTYPE w:document [<!ENTITY lol0 "lol">'
+    + "".join(f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10}">' for i in range(1, 10))
+    + "]>"
+)
+PADDING = "<!--" + "a long comment that pushes the DTD far from the start " * 100 + "-->"
+
+
+def laughs(encoding: str, padded: bool) -> bytes:
+    return document_xml(
+        w_paragraph("&lol9;"), prolog=(PADDING if padded else "") + LAUGHS, encoding=encoding
+    )
+
+
+@pytest.mark.parametrize(
+    ("encoding", "padded"),
+    [("utf-8", False), ("utf-8", True), ("utf-16", False), ("utf-16", True)],
+    ids=["plain", "after-a-long-comment", "utf-16", "utf-16-after-a-comment"],
+)
+def test_billion_laughs_is_refused_before_any_expansion(encoding: str, padded: bool) -> None:
+    """A billion laughs, with the DTD where a byte search of the first 4 KiB
+    would not see it (after a comment, or in UTF-16): the old check did not, and
+    only expat's own amplification limit stopped it, after some 80 MB."""
+    result, peak = measured(docx_of(laughs(encoding, padded)))
+    assert "declares a DTD" in failure(result, "malformed").message
+    assert peak < 2 * MiB, f"held {peak / MiB:.0f} MiB"
+
+
+@pytest.mark.parametrize("encoding", ["UTF-16-BE", "Shift_JIS", "x-no-such-encoding"])
+def test_docx_part_in_an_encoding_expat_cannot_read_is_malformed(encoding: str) -> None:
+    """expat raises ValueError or LookupError on these, not a parse error."""
+    head = f'<?xml version="1.0" encoding="{encoding}"?>'
+    xml = document_xml(OPENING).replace(b'<?xml version="1.0" encoding="UTF-8"?>', head.encode())
+    failure(outcome(docx_of(xml)), "malformed")
+
+
+def secret_file(tmp_path: Path) -> tuple[Path, str]:
+    secret = f"secret{uuid.uuid4().hex}"
+    path = tmp_path / "secret.txt"
+    path.write_text(secret)
+    return path, secret
+
+
+def xxe_documents(path: Path, url: str) -> dict[str, bytes]:
+    """DOCX files that try to pull a local file (or a URL) into their text."""
+    general = f'<!DOCTYPE w:document [<!ENTITY x SYSTEM "file://{path}">]>'
+    parameter = f'<!DOCTYPE w:document [<!ENTITY % p SYSTEM "file://{path}"> %p;]>'
+    external = f'<!DOCTYPE w:document SYSTEM "{url}/doc.dtd">'
+    remote = f'<!DOCTYPE w:document [<!ENTITY x SYSTEM "{url}/entity">]>'
+    styles = f'<?xml version="1.0"?>{general}<w:styles xmlns:w="{W_NS}">&x;</w:styles>'
+    return {
+        "general-entity": docx_of(document_xml(w_paragraph("Here: &x;"), prolog=general)),
+        "parameter-entity": docx_of(document_xml(OPENING, prolog=parameter)),
+        "external-dtd": docx_of(document_xml(OPENING, prolog=external)),
+        "remote-entity": docx_of(document_xml(w_paragraph("Here: &x;"), prolog=remote)),
+        "utf-16": docx_of(
+            document_xml(w_paragraph("Here: &x;"), prolog=general, encoding="utf-16")
+        ),
+        "in-styles": docx_of(document_xml(OPENING), {"word/styles.xml": styles.encode()}),
+        "in-core-properties": docx_of(
+            document_xml(OPENING), {"docProps/core.xml": styles.replace("w:styles", "cp").encode()}
+        ),
+    }
+
+
+@contextmanager
+def http_trap() -> Iterator[tuple[str, list[str]]]:
+    """A local HTTP server that records every request it gets."""
+    requests: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'<!ENTITY x "fetched">')
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_external_entities_and_dtds_are_refused_and_never_fetched(tmp_path: Path) -> None:
+    path, secret = secret_file(tmp_path)
+    with http_trap() as (url, requests):
+        for case, data in xxe_documents(path, url).items():
+            error = failure(outcome(data), "malformed")
+            assert "declares a DTD" in error.message, case
+            assert secret not in error.message, case
+        html = (
+            f'<!DOCTYPE html SYSTEM "{url}/html.dtd"><html><head>'
+            f'<link rel="stylesheet" href="{url}/style.css"><script src="{url}/x.js"></script>'
+            f'</head><body><p>Visible text.</p><img src="{url}/i.png">'
+            f'<iframe src="{url}/frame"></iframe><object data="{url}/o"></object></body></html>'
+        )
+        assert text_of(parse(html.encode())).startswith("Visible text.")
+        assert requests == []
+
+
+def test_deeply_nested_docx_is_read_without_recursion_errors() -> None:
+    """Elements nested thousands deep inside a paragraph, and content controls
+    nested thousands deep in the body, used to raise RecursionError (not a
+    ParseError: the document then sat in PROCESSING)."""
+    deep = MAX_DOCX_DEPTH * 30
+    runs = "<w:p>" + "<w:r>" * deep + "<w:t>deep</w:t>" + "</w:r>" * deep + "</w:p>"
+    controls = (
+        "<w:sdt><w:sdtContent>" * deep + w_paragraph("deeper") + "</w:sdtContent></w:sdt>" * deep
+    )
+    for body in (runs, controls):
+        document = parse(docx_of(document_xml(body + w_paragraph("Shallow text."))))
+        assert text_of(document).startswith("Shallow text.")
+
+
+async def test_docx_bombs_and_entity_tricks_end_failed_with_nothing_stored(
+    sqlite_api: Api, tmp_path: Path
+) -> None:
+    api = sqlite_api
+    workspace, token = await api.create_workspace("Contracts")
+    path, secret = secret_file(tmp_path)
+    cases = {
+        "zip-bomb": (raw_zip([bomb_entry(GiB + len(HEAD))]), K.DOCUMENT_FAILURE_REASON_TOO_LARGE),
+        "lying-sizes": (raw_zip([bomb_entry(10_000)]), K.DOCUMENT_FAILURE_REASON_MALFORMED),
+        "billion-laughs": (docx_of(laughs("utf-16", True)), K.DOCUMENT_FAILURE_REASON_MALFORMED),
+        "xxe": (
+            xxe_documents(path, "http://127.0.0.1:9")["general-entity"],
+            K.DOCUMENT_FAILURE_REASON_MALFORMED,
+        ),
+    }
+    for case, (data, reason) in cases.items():
+        document = await upload_and_wait(api, workspace, token, data, source_uri=f"{case}.docx")
+        assert document.status == K.DOCUMENT_STATUS_FAILED, case
+        assert document.failure.reason == reason, (case, document.failure)
+        assert len(document.failure.message) > 40, case
+        assert secret not in document.failure.message
+    assert secret not in await stored_text(api, workspace)
+    assert (await search(api, workspace, token, "visible opening paragraph")).results == []

@@ -8,7 +8,8 @@ that tells the uploader what to do.
 
 ``parse`` is synchronous and CPU-bound; the caller runs it in a thread. Hostile
 input is bounded: PDFs by page count and extracted text, DOCX by the size and
-compression ratio of the XML it expands to, HTML by nesting depth.
+compression ratio of the XML it expands to (read a chunk at a time, DTDs
+refused), HTML by nesting depth.
 
 The work is split by concern: :mod:`.detect` tells the type and decodes text,
 :mod:`.text` reads plain text and Markdown, :mod:`.html`, :mod:`.pdf` and
@@ -22,6 +23,7 @@ from fenlo_server.knowledge.parsers.common import (
     DOCX,
     HTML,
     MARKDOWN,
+    MAX_DOCX_DEPTH,
     MAX_DOCX_XML_BYTES,
     MAX_HTML_DEPTH,
     MAX_PDF_PAGES,
@@ -46,6 +48,7 @@ __all__ = [
     "DOCX",
     "HTML",
     "MARKDOWN",
+    "MAX_DOCX_DEPTH",
     "MAX_DOCX_XML_BYTES",
     "MAX_HTML_DEPTH",
     "MAX_PDF_PAGES",

@@ -19,6 +19,7 @@ MAX_PDF_PAGES = 2_000
 MAX_DOCX_XML_BYTES = 50 * 1024 * 1024  # the XML parts read, uncompressed, together
 MAX_ZIP_RATIO = 200  # uncompressed / compressed size of a part over 1 MiB
 MAX_ZIP_ENTRIES = 10_000
+MAX_DOCX_DEPTH = 100  # deeper DOCX elements are skipped
 MAX_HTML_DEPTH = 200  # deeper elements are flattened into their ancestor
 MAX_TITLE_CHARS = 300
 
