@@ -37,6 +37,7 @@ from fenlo.v1 import knowledge_pb2
 from fenlo_server.knowledge.parsers import (
     MAX_DOCX_DEPTH,
     MAX_HTML_DEPTH,
+    MAX_PDF_CONTENT_BYTES,
     MAX_ZIP_ENTRIES,
     parse,
 )
@@ -61,11 +62,36 @@ def outcome(data: bytes, **kw: Any) -> ParsedDocument | ParseError:
         return error
 
 
+PARSE_SECONDS = 120.0  # a parse that takes longer than this is taken to hang
+
+
+def bounded(call: Callable[[], Any], seconds: float = PARSE_SECONDS) -> Any:
+    """``call()`` in a daemon thread, waited for at most ``seconds``: a parser that
+    hangs fails the test (and cannot keep the test process alive)."""
+    returned: list[Any] = []
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            returned.append(call())
+        except BaseException as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still parsing after {seconds:.0f} s"
+    if raised:
+        raise raised[0]
+    return returned[0]
+
+
 def measured(data: bytes, **kw: Any) -> tuple[ParsedDocument | ParseError, int]:
-    """What parse() returns or raises, and the most memory it held at once."""
+    """What parse() returns or raises (bounded in time), and the most memory it
+    held at once."""
     tracemalloc.start()
     try:
-        result = outcome(data, **kw)
+        result = bounded(lambda: outcome(data, **kw))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -622,3 +648,203 @@ async def test_docx_bombs_and_entity_tricks_end_failed_with_nothing_stored(
         assert secret not in document.failure.message
     assert secret not in await stored_text(api, workspace)
     assert (await search(api, workspace, token, "visible opening paragraph")).results == []
+
+
+# ---------------------------------------------------------------- PDF: damaged and explosive
+
+
+def pdf_file(objects: dict[int, bytes], *, version: bytes = b"1.7") -> bytes:
+    """A PDF of these numbered objects (gaps are null; 1 is the catalog) with a
+    correct cross-reference table."""
+    out = bytearray(b"%PDF-" + version + b"\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number in range(1, max(objects) + 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, objects.get(number, b"null"))
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(offsets) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\n" % (len(offsets) + 1)
+    return bytes(out + b"startxref\n%d\n%%%%EOF\n" % xref)
+
+
+def pdf_of(contents: list[bytes], objects: dict[int, bytes], *, resources: bytes = b"") -> bytes:
+    """Pages with these /Contents (such as ``b"100 0 R"``); 1 is the catalog, 2 the
+    page tree, 3 the font, the pages follow from 4, ``objects`` are from 100."""
+    pages = {
+        4 + i: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+        b"/Resources << /Font << /F1 3 0 R >> %s >> /Contents %s >>" % (resources, content)
+        for i, content in enumerate(contents)
+    }
+    kids = b" ".join(b"%d 0 R" % number for number in pages)
+    return pdf_file(
+        {
+            1: b"<< /Type /Catalog /Pages 2 0 R >>",
+            2: b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, len(pages)),
+            3: b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+            **pages,
+            **objects,
+        }
+    )
+
+
+def stream(data: bytes, entries: bytes = b"") -> bytes:
+    return b"<< /Length %d %s >>\nstream\n%s\nendstream" % (len(data), entries, data)
+
+
+def flate(data: bytes, entries: bytes = b"") -> bytes:
+    return stream(zlib.compress(data, 9), b"/Filter /FlateDecode " + entries)
+
+
+LINE = b"BT /F1 12 Tf 72 700 Td (The visible opening line.) Tj ET\n"
+FORM = b"/Type /XObject /Subtype /Form /BBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >>"
+
+
+def instructions(size: int) -> bytes:
+    """A line of text, then ``size`` bytes of drawing instructions: an inline grey
+    image, the quickest kind for pypdf to parse."""
+    return LINE + b"BI /W 1 /H 1 /BPC 8 /CS /G ID\n" + b"\x00" * size + b"\nEI\n"
+
+
+JUST_OVER_HALF = MAX_PDF_CONTENT_BYTES // 2 + MiB  # two uses of it exceed the budget
+
+PDF_BOMBS: dict[str, Callable[[], bytes]] = {
+    # One stream inflating to a gigabyte: decoding stops at the budget.
+    "flate-gigabyte": lambda: pdf_of(
+        [b"100 0 R"], {100: stream(deflated(GiB, b"\x00", LINE, wbits=15), b"/Filter /FlateDecode")}
+    ),
+    # A stream counted at every use: three times in a page's contents, ...
+    "contents-array-repeats-a-stream": lambda: pdf_of(
+        [b"[100 0 R 100 0 R 100 0 R]"], {100: flate(instructions(MAX_PDF_CONTENT_BYTES // 3 + MiB))}
+    ),
+    # ... on every page that draws it, ...
+    "stream-shared-by-pages": lambda: pdf_of(
+        [b"100 0 R", b"100 0 R"], {100: flate(instructions(JUST_OVER_HALF))}
+    ),
+    # ... and at each use of a form, nested too: the page draws form A a thousand
+    # times, A draws B, B is big. (The budget runs out inside A, where pypdf
+    # swallows errors: it must still stop.)
+    "form-drawn-a-thousand-times": lambda: pdf_of(
+        [b"100 0 R"],
+        {
+            100: stream(b"/A Do\n" * 1000),
+            101: stream(b"/B Do\n", FORM + b" /XObject << /B 102 0 R >> >>"),
+            102: flate(instructions(JUST_OVER_HALF), FORM + b" >>"),
+        },
+        resources=b"/XObject << /A 101 0 R >>",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(PDF_BOMBS))
+def test_pdf_bomb_fails_as_too_large_within_the_budget(case: str) -> None:
+    """Before the budget, each of these was a few KB to 3 MB of file costing up to
+    hours of parsing (pypdf decodes a stream once, but parses it at every use,
+    and let one stream inflate to 75 MB) and gigabytes of memory."""
+    data = PDF_BOMBS[case]()
+    assert len(data) < 4 * MiB
+    result, peak = measured(data, filename="bomb.pdf")
+    assert "drawing instructions" in failure(result, "too_large").message
+    assert peak < 3 * MAX_PDF_CONTENT_BYTES, f"held {peak / MiB:.0f} MiB"
+
+
+def object_stream_pdf() -> bytes:
+    """PDF 1.5: the page inside an object stream that extends, and contains, itself."""
+    text = b"BT /F1 12 Tf 72 700 Td (Inside an object stream.) Tj ET"
+    page = (
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+        b"/Resources << /Font << /F1 3 0 R >> >> /Contents 7 0 R >>"
+    )
+    header = b"4 0 5 %d " % (len(page) + 1)
+    members = header + page + b" 5 0 R "
+    plain = {
+        1: b"<< /Type /Catalog /Pages 2 0 R >>",
+        2: b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>",
+        3: b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        5: b"<< /Type /ObjStm /N 2 /First %d /Extends 5 0 R /Length %d >>\nstream\n%s\nendstream"
+        % (len(header), len(members), members),
+        7: stream(text),
+    }
+    out = bytearray(b"%PDF-1.5\n")
+    offsets: dict[int, int] = {}
+    for number, body in plain.items():
+        offsets[number] = len(out)
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref_at = len(out)
+    rows = struct.pack(">BIH", 0, 0, 65535)
+    for number in range(1, 9):
+        kind, field = (1, offsets[number]) if number in offsets else (0, 0)
+        if number == 4:
+            kind, field = 2, 5  # in object stream 5
+        if number == 8:
+            kind, field = 1, xref_at
+        rows += struct.pack(">BIH", kind, field, 0)
+    xref = stream(rows, b"/Type /XRef /Size 9 /W [1 4 2] /Root 1 0 R")
+    return bytes(out + b"8 0 obj\n%s\nendobj\nstartxref\n%d\n%%%%EOF\n" % (xref, xref_at))
+
+
+def damaged_pdfs() -> dict[str, bytes]:
+    valid = pdf_of([b"100 0 R"], {100: stream(LINE)})
+    xref = valid.rindex(b"xref")
+    rng = random.Random(3)
+    return {
+        "truncated-in-the-header": valid[:12],
+        "truncated-mid-object": valid[: len(valid) // 2],
+        "truncated-before-the-xref": valid[:xref],
+        "truncated-before-eof": valid[:-6],
+        "random-bytes-after-the-header": b"%PDF-1.7\n" + rng.randbytes(64 * 1024),
+        "broken-xref": valid[:xref] + b"xref\n0 9\ngarbage garbage\n" + valid[xref + 40 :],
+        "startxref-past-the-end": valid.replace(b"startxref\n%d" % xref, b"startxref\n99999999"),
+        "huge-declared-length": pdf_of(
+            [b"100 0 R"], {100: b"<< /Length 99999999999 >>\nstream\n" + LINE + b"\nendstream"}
+        ),
+        "length-refers-to-itself": pdf_of(
+            [b"100 0 R"], {100: b"<< /Length 100 0 R >>\nstream\n" + LINE + b"\nendstream"}
+        ),
+        "contents-refers-to-itself": pdf_of([b"100 0 R"], {100: b"100 0 R"}),
+        "page-tree-contains-itself": valid.replace(b"/Kids [4 0 R]", b"/Kids [2 0 R 4 0 R 2 0 R]"),
+        "form-draws-itself": pdf_of(
+            [b"100 0 R"],
+            {
+                100: stream(b"/A Do\n" + LINE),
+                101: stream(b"/A Do\n", FORM + b" /XObject << /A 101 0 R >> >>"),
+            },
+            resources=b"/XObject << /A 101 0 R >>",
+        ),
+        "object-stream-extends-itself": object_stream_pdf(),
+        "flate-stream-that-is-not-deflate": pdf_of(
+            [b"100 0 R"], {100: stream(b"\x07" * 50_000, b"/Filter /FlateDecode")}
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(damaged_pdfs()))
+def test_damaged_pdf_is_read_or_malformed(case: str) -> None:
+    result = bounded(lambda: outcome(damaged_pdfs()[case], filename="damaged.pdf"))
+    if isinstance(result, ParseError):
+        assert result.reason in ("malformed", "empty_text"), (case, result.reason)
+        assert len(result.message) > 40
+    else:  # pypdf recovered what it could: the text is the page's
+        assert "The visible opening line." in text_of(result) or "object stream" in text_of(result)
+
+
+async def test_pdf_bombs_and_damage_end_failed_through_the_server(sqlite_api: Api) -> None:
+    api = sqlite_api
+    workspace, token = await api.create_workspace("Papers")
+    cases = {
+        "bomb.pdf": (
+            PDF_BOMBS["form-drawn-a-thousand-times"](),
+            K.DOCUMENT_FAILURE_REASON_TOO_LARGE,
+        ),
+        "flate.pdf": (PDF_BOMBS["flate-gigabyte"](), K.DOCUMENT_FAILURE_REASON_TOO_LARGE),
+        "noise.pdf": (
+            damaged_pdfs()["random-bytes-after-the-header"],
+            K.DOCUMENT_FAILURE_REASON_MALFORMED,
+        ),
+    }
+    for name, (data, reason) in cases.items():
+        document = await upload_and_wait(api, workspace, token, data, source_uri=name)
+        assert document.status == K.DOCUMENT_STATUS_FAILED, name
+        assert document.failure.reason == reason, (name, document.failure)
+        assert len(document.failure.message) > 40
+    assert (await search(api, workspace, token, "visible opening line")).results == []

@@ -7,9 +7,9 @@ become text raises :class:`ParseError` with a reason to branch on and a message
 that tells the uploader what to do.
 
 ``parse`` is synchronous and CPU-bound; the caller runs it in a thread. Hostile
-input is bounded: PDFs by page count and extracted text, DOCX by the size and
-compression ratio of the XML it expands to (read a chunk at a time, DTDs
-refused), HTML by nesting depth.
+input is bounded: PDFs by page count, extracted text and the drawing
+instructions parsed, DOCX by the size and compression ratio of the XML it
+expands to (read a chunk at a time, DTDs refused), HTML by nesting depth.
 
 The work is split by concern: :mod:`.detect` tells the type and decodes text,
 :mod:`.text` reads plain text and Markdown, :mod:`.html`, :mod:`.pdf` and
@@ -26,6 +26,7 @@ from fenlo_server.knowledge.parsers.common import (
     MAX_DOCX_DEPTH,
     MAX_DOCX_XML_BYTES,
     MAX_HTML_DEPTH,
+    MAX_PDF_CONTENT_BYTES,
     MAX_PDF_PAGES,
     MAX_TITLE_CHARS,
     MAX_ZIP_ENTRIES,
@@ -51,6 +52,7 @@ __all__ = [
     "MAX_DOCX_DEPTH",
     "MAX_DOCX_XML_BYTES",
     "MAX_HTML_DEPTH",
+    "MAX_PDF_CONTENT_BYTES",
     "MAX_PDF_PAGES",
     "MAX_TITLE_CHARS",
     "MAX_ZIP_ENTRIES",

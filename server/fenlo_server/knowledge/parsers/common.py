@@ -16,6 +16,7 @@ PDF = "application/pdf"
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 
 MAX_PDF_PAGES = 2_000
+MAX_PDF_CONTENT_BYTES = 64 * 1024 * 1024  # drawing instructions parsed, all pages together
 MAX_DOCX_XML_BYTES = 50 * 1024 * 1024  # the XML parts read, uncompressed, together
 MAX_ZIP_RATIO = 200  # uncompressed / compressed size of a part over 1 MiB
 MAX_ZIP_ENTRIES = 10_000

@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from fenlo_server.knowledge.parsers.common import (
+    MAX_PDF_CONTENT_BYTES,
     MAX_PDF_PAGES,
     PDF,
     _check_size,
@@ -37,7 +39,99 @@ def _pdf_error(reason: str) -> ParseError:
     )
 
 
+def _content_bomb() -> ParseError:
+    return ParseError(
+        "too_large",
+        "This PDF's pages hold more than "
+        f"{MAX_PDF_CONTENT_BYTES // (1024 * 1024)} MB of drawing instructions, the limit. "
+        "Split it into smaller documents, or print it to a new PDF, and upload that.",
+    )
+
+
+class _ContentBudget:
+    """The bytes of drawing instructions text extraction parses, counted over the
+    whole document: each page's content streams, and a form XObject each time a
+    page draws it (pypdf decodes a stream once but parses it at every use). A few
+    kilobytes of file could otherwise hold gigabytes of instructions: a compressed
+    stream shared by every page, or one form drawn a thousand times.
+
+    pypdf swallows errors raised while it draws a form, so once the budget is
+    spent every later call raises again, up to the page's own instructions.
+    """
+
+    def __init__(self) -> None:
+        self._left = MAX_PDF_CONTENT_BYTES
+        self._resources: list[Any] = []  # of the page, then of each form being drawn
+
+    def page(self, page: Any) -> None:
+        self._resources = [_resolve(page.get("/Resources"))]
+        contents = _resolve(page.get("/Contents"))
+        for stream in contents if isinstance(contents, list) else [contents]:
+            self._charge_stream(_resolve(stream))
+
+    def before(self, operator: bytes, operands: Any, *_: Any) -> None:
+        self._check()
+        if operator != b"Do" or not operands:
+            return
+        resources = self._resources[-1]
+        xobjects = _resolve(resources.get("/XObject")) if isinstance(resources, dict) else None
+        xobject = _resolve(xobjects.get(operands[0])) if isinstance(xobjects, dict) else None
+        if isinstance(xobject, dict) and xobject.get("/Subtype") != "/Image":
+            # pypdf parses anything drawn that is not an image as a form, now.
+            self._charge_stream(xobject)
+            self._resources.append(_resolve(xobject.get("/Resources")))
+        else:
+            self._resources.append(None)  # popped again after the operator
+
+    def after(self, operator: bytes, operands: Any, *_: Any) -> None:
+        if operator == b"Do" and operands and len(self._resources) > 1:
+            self._resources.pop()
+        self._check()
+
+    def _charge_stream(self, stream: Any) -> None:
+        from pypdf.errors import LimitReachedError
+
+        if not hasattr(stream, "get_data"):
+            return
+        try:
+            size = len(stream.get_data())  # decoded once, then kept by pypdf
+        except LimitReachedError as error:  # it decodes to more than the budget
+            raise _content_bomb() from error
+        except Exception:
+            # Damaged: pypdf will try again at every use, so every try costs.
+            self._charge(len(getattr(stream, "_data", b"") or b""))
+            raise
+        self._charge(size)
+
+    def _charge(self, size: int) -> None:
+        self._left -= size
+        self._check()
+
+    def _check(self) -> None:
+        if self._left < 0:
+            raise _content_bomb()
+
+
+def _resolve(value: Any) -> Any:
+    return value.get_object() if hasattr(value, "get_object") else value
+
+
 def _parse_pdf(data: bytes, max_text_chars: int) -> ParsedDocument:
+    from pypdf import apply_configuration
+
+    # No single stream may decode to more than the whole document may hold.
+    limit = MAX_PDF_CONTENT_BYTES
+    with apply_configuration(
+        zlib_maximum_output_length=limit,
+        lzw_maximum_output_length=limit,
+        run_length_maximum_output_length=limit,
+        brotli_maximum_output_length=limit,
+        array_based_stream_maximum_output_length=limit,
+    ):
+        return _read_pdf(data, max_text_chars)
+
+
+def _read_pdf(data: bytes, max_text_chars: int) -> ParsedDocument:
     from pypdf import PasswordType, PdfReader
 
     try:
@@ -67,9 +161,19 @@ def _parse_pdf(data: bytes, max_text_chars: int) -> ParsedDocument:
     pages: list[list[str]] = []
     failures = 0
     chars = 0
+    budget = _ContentBudget()
     for index in range(page_count):
         try:
-            text = reader.pages[index].extract_text() or ""
+            page = reader.pages[index]
+            budget.page(page)
+            text = (
+                page.extract_text(
+                    visitor_operand_before=budget.before, visitor_operand_after=budget.after
+                )
+                or ""
+            )
+        except ParseError:
+            raise
         except Exception:  # one damaged page should not lose the others
             failures += 1
             continue
