@@ -12,28 +12,34 @@ stored and searchable afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import encodings
 import encodings.aliases
 import http.server
 import io
 import pkgutil
 import random
+import shutil
 import struct
 import threading
 import tracemalloc
 import uuid
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from grpc import aio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from fenlo.v1 import knowledge_pb2
+from fenlo.v1 import knowledge_pb2, workspace_pb2
 from fenlo_server.knowledge.parsers import (
     MAX_DOCX_DEPTH,
     MAX_HTML_DEPTH,
@@ -44,9 +50,10 @@ from fenlo_server.knowledge.parsers import (
 from fenlo_server.knowledge.types import ParsedDocument, ParseError
 from fenlo_server.storage.models import DocumentRow, KbChunkRow, KbSectionRow
 from tests.chat_helpers import ChatStream
-from tests.helpers import Api
-from tests.integration.test_knowledge import search, upload, wait_done
-from tests.unit.test_parsers import W_NS, w_paragraph
+from tests.conftest import make_settings, start_app
+from tests.helpers import Api, rich_error
+from tests.integration.test_knowledge import kb, search, upload, wait_done
+from tests.unit.test_parsers import W_NS, make_docx, make_pdf, w_paragraph
 
 K = knowledge_pb2
 MiB = 1024 * 1024
@@ -848,3 +855,205 @@ async def test_pdf_bombs_and_damage_end_failed_through_the_server(sqlite_api: Ap
         assert document.failure.reason == reason, (name, document.failure)
         assert len(document.failure.message) > 40
     assert (await search(api, workspace, token, "visible opening line")).results == []
+
+
+# ---------------------------------------------------------------- every format, mutated
+
+MARKDOWN_SEED = b"""# Opening hours
+
+We open at **nine** and close at [six](https://example.com/hours).
+
+- Cash is *not* accepted
+- Cards are
+
+| Day | Hours |
+|-----|-------|
+| Mon | 9-6   |
+
+```python
+print("code")
+```
+"""
+
+
+def seeds() -> dict[str, bytes]:
+    return {
+        "pdf": make_pdf([["Opening Hours", "We open at nine."], ["Delivery", "In two days."]]),
+        "docx": make_docx(w_paragraph("Hours", "berschrift1") + w_paragraph("We open at nine.")),
+        "docx-xml": document_xml(w_paragraph("Hours", "berschrift1") + w_paragraph("At nine.")),
+        "html": hostile_page().html.encode(),
+        "markdown": MARKDOWN_SEED,
+    }
+
+
+SEEDS = seeds()
+TOKENS = [
+    b"<![x[",
+    b'<!DOCTYPE x [<!ENTITY e "e">]>',
+    b"&e;",
+    b'<?xml version="1.0" encoding="shift_jis"?>',
+    b"\x00",
+    b"\xff\xfe",
+    b"<",
+    b"]]>",
+    b"&#99999999;",
+    b"<script>",
+    b"<w:p><w:r><w:t>",
+    b"obj",
+    b" 0 R",
+    b"stream\n",
+    b"endstream",
+    b"<<",
+    b">>",
+    b"/FlateDecode",
+    b"%PDF-1.7",
+    b"PK\x03\x04",
+]
+POSITION = st.floats(0, 1, exclude_max=True)
+MUTATION = st.one_of(
+    st.tuples(st.just("flip"), POSITION, st.integers(0, 7)),
+    st.tuples(st.just("truncate"), POSITION),
+    st.tuples(st.just("splice"), POSITION, POSITION, POSITION),
+    st.tuples(st.just("insert"), POSITION, st.sampled_from(TOKENS)),
+    st.tuples(st.just("repeat"), POSITION, st.integers(2, 200)),
+)
+
+
+def mutate(data: bytes, mutations: list[tuple[Any, ...]]) -> bytes:
+    out = bytearray(data)
+    for kind, *args in mutations:
+        at = int(args[0] * len(out)) if out else 0
+        if kind == "flip" and out:
+            out[at] ^= 1 << args[1]
+        elif kind == "truncate":
+            del out[at:]
+        elif kind == "splice" and out:
+            start, end = sorted(int(p * len(out)) for p in args[1:])
+            out[at:at] = out[start:end]
+        elif kind == "insert":
+            out[at:at] = args[1]
+        elif kind == "repeat" and out:
+            out[at:at] = out[at : at + 16] * args[1]
+    return bytes(out)
+
+
+REASONS = {"unsupported_type", "empty_text", "encrypted", "too_large", "malformed"}
+
+
+@given(kind=st.sampled_from(sorted(SEEDS)), mutations=st.lists(MUTATION, min_size=1, max_size=4))
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_mutated_files_parse_or_fail_cleanly(kind: str, mutations: list[tuple[Any, ...]]) -> None:
+    """Bit flips, truncation, splices, repeats and hostile tokens in a valid PDF,
+    DOCX (the archive, or its XML before zipping), HTML and Markdown file: parse()
+    returns text or raises ParseError with a known reason, within the time bound;
+    never another exception (which would leave the document PROCESSING)."""
+    data = mutate(SEEDS[kind], mutations)
+    if kind == "docx-xml":
+        data = docx_of(data)
+    result = bounded(lambda: outcome(data, filename=f"file.{kind}"), seconds=60)
+    if isinstance(result, ParseError):
+        assert result.reason in REASONS and result.message, result
+    else:
+        assert result.blocks and all(block.text.strip() for block in result.blocks)
+
+
+# ---------------------------------------------------------------- files over the limits
+
+
+async def small_workspace(api: Api, limit: int) -> tuple[str, str]:
+    return await api.create_workspace(
+        "Small", quotas=workspace_pb2.WorkspaceQuotas(max_document_bytes=limit)
+    )
+
+
+async def assert_too_large(call: Any) -> None:
+    with pytest.raises(aio.AioRpcError) as caught:
+        await call
+    error = rich_error(caught.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "DOCUMENT_TOO_LARGE")
+    assert [quota for _, quota in error.quota_violations] == ["max_document_bytes"]
+
+
+async def test_uploads_at_the_limit_pass_and_one_byte_over_is_refused(sqlite_api: Api) -> None:
+    api = sqlite_api
+    limit = 10_000
+    workspace, token = await small_workspace(api, limit)
+    at_limit = await upload(api, workspace, token, b"a" * limit, source_uri="exact.txt")
+    assert at_limit.size_bytes == limit
+    await assert_too_large(upload(api, workspace, token, b"a" * (limit + 1), chunk_size=4096))
+    # ImportText counts UTF-8 bytes: 5,000 "é" are 10,000 bytes.
+    parent = f"workspaces/{workspace}"
+    imported = await kb(api).ImportText(
+        K.ImportTextRequest(parent=parent, text="é" * (limit // 2)), metadata=api.md(token)
+    )
+    assert imported.size_bytes == limit
+    await assert_too_large(
+        kb(api).ImportText(
+            K.ImportTextRequest(parent=parent, text="é" * (limit // 2) + "e"),
+            metadata=api.md(token),
+        )
+    )
+    # Only the two documents at the limit exist, in storage and through the API.
+    assert await document_count(api, workspace) == 2
+    listed = await kb(api).ListDocuments(
+        K.ListDocumentsRequest(parent=parent), metadata=api.md(token)
+    )
+    assert sorted(d.name for d in listed.documents) == sorted([at_limit.name, imported.name])
+
+
+async def test_an_endless_upload_is_cut_off_at_the_limit(sqlite_api: Api) -> None:
+    """A client that never stops sending: the server refuses as soon as the
+    bytes pass the limit and stops reading, instead of buffering forever."""
+    api = sqlite_api
+    workspace, token = await small_workspace(api, 10_000)
+    pulled = 0
+
+    async def endless() -> AsyncIterator[K.UploadDocumentRequest]:
+        nonlocal pulled
+        yield K.UploadDocumentRequest(metadata=K.DocumentMetadata(parent=f"workspaces/{workspace}"))
+        while True:
+            pulled += 1
+            yield K.UploadDocumentRequest(chunk=b"x" * 1024)
+
+    call = kb(api).UploadDocument(endless(), metadata=api.md(token), timeout=30)
+    await assert_too_large(call)
+    seen = pulled
+    await asyncio.sleep(0.3)
+    assert pulled == seen, "the client's stream was still being read"
+    assert seen < 200  # 10 chunks and what flow control let through
+    assert await document_count(api, workspace) == 0
+
+
+@asynccontextmanager
+async def server_with(
+    tmp_path: Path, sqlite_template: Path, **overrides: Any
+) -> AsyncIterator[Api]:
+    directory = tmp_path / "custom"
+    directory.mkdir()
+    shutil.copy(sqlite_template, directory / "fenlo.db")
+    settings = make_settings(tmp_path, f"sqlite+aiosqlite:///{directory / 'fenlo.db'}", **overrides)
+    app = await start_app(settings)
+    try:
+        async with Api(app) as api:
+            yield api
+    finally:
+        await app.stop(grace=0)
+
+
+async def test_a_chunk_over_the_message_limit_is_refused_by_grpc(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    limit = 64 * 1024
+    async with server_with(tmp_path, sqlite_template, max_receive_message_bytes=limit) as api:
+        workspace, token = await api.create_workspace("Chunks")
+        content = b"Opening hours are nine to five. " * 8192  # 256 KiB
+        with pytest.raises(aio.AioRpcError) as caught:
+            await upload(api, workspace, token, content, chunk_size=limit)
+        # gRPC refuses the message itself, before any handler: no rich status.
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "larger than max" in (caught.value.details() or "")
+        assert await document_count(api, workspace) == 0
+        # The same bytes in chunks under the limit are a document.
+        created = await upload(api, workspace, token, content, chunk_size=limit - 1024)
+        assert created.size_bytes == len(content)
+        assert await document_count(api, workspace) == 1
