@@ -362,6 +362,9 @@ class FenloApp:
             options=[
                 ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
                 ("grpc.max_send_message_length", settings.max_send_message_bytes),
+                # The soft limit equal to the hard one: one answer for every size.
+                ("grpc.max_metadata_size", settings.max_metadata_bytes),
+                ("grpc.absolute_max_metadata_size", settings.max_metadata_bytes),
                 ("grpc.keepalive_time_ms", settings.keepalive_time_seconds * 1000),
                 ("grpc.keepalive_timeout_ms", settings.keepalive_timeout_seconds * 1000),
                 ("grpc.keepalive_permit_without_calls", 1),

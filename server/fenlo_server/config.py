@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     max_send_message_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest response message sent."
     )
+    max_metadata_bytes: int = Field(
+        16 * 1024,
+        ge=8192 + 1024,
+        description="Largest request metadata (all headers together) accepted; larger "
+        "requests are refused with RESOURCE_EXHAUSTED, always (not gRPC's default of "
+        "refusing at random between 8 and 16 KiB).",
+    )
     keepalive_time_seconds: int = Field(30, ge=1, description="Ping idle connections this often.")
     keepalive_timeout_seconds: int = Field(
         10, ge=1, description="Close a connection whose ping is unanswered this long."
