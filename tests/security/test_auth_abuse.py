@@ -5,12 +5,14 @@ What the server answers for headers (docs/authentication.md):
 - a credential over 8 KiB in a request whose metadata fits in
   ``max_metadata_bytes`` (16 KiB): UNAUTHENTICATED / CREDENTIALS_INVALID;
 - metadata over ``max_metadata_bytes``, by size or by count: gRPC itself
-  answers RESOURCE_EXHAUSTED, before any handler (no rich status, no log line).
+  answers RESOURCE_EXHAUSTED, before any handler (no rich status, no log line);
+- more than one ``authorization`` header: UNAUTHENTICATED / CREDENTIALS_INVALID.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 from grpc import aio
@@ -18,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fenlo.v1 import workspace_pb2
 from fenlo_server.auth.authenticator import MAX_CREDENTIAL_LENGTH
-from tests.helpers import Api, rich_error
+from tests.helpers import Api, RichError, rich_error
 from tests.integration.test_auth import (
     INVALID,
     MISSING,
@@ -28,6 +30,8 @@ from tests.integration.test_auth import (
 )
 
 W = workspace_pb2
+DENIED_WORKSPACE = "PERMISSION_DENIED_WORKSPACE"
+DENIED_ROLE = "PERMISSION_DENIED_ROLE"
 
 # ---------------------------------------------------------------- helpers
 
@@ -40,6 +44,12 @@ def padded_token(ctx: JwtContext, length: int) -> str:
         pad -= (len(token) - length) * 3 // 4 + 1
     assert length - 4 <= len(token) <= length, len(token)
     return token
+
+
+async def call_error(call: Any) -> RichError:
+    with pytest.raises(aio.AioRpcError) as info:
+        await call
+    return rich_error(info.value)
 
 
 # ---------------------------------------------------------------- very long and very many headers
@@ -124,3 +134,34 @@ async def test_header_sizes_get_one_clear_answer_every_time(
     logged = everything_logged(caplog)
     for secret in (valid, near, key, valid.split(".")[2], key[10:]):
         assert secret not in logged
+
+
+# ---------------------------------------------------------------- which header counts
+
+
+async def test_only_one_authorization_header_and_never_x_api_key(sqlite_api: Api) -> None:
+    api = sqlite_api
+    workspace, admin = await api.create_workspace("Mine")
+    other, other_admin = await api.create_workspace("Theirs")
+    service_key = (await create_key(api, workspace, admin)).secret
+    other_admin_key = (await create_key(api, other, other_admin, W.ROLE_ADMIN)).secret
+    name = f"workspaces/{workspace}"
+    invalid, missing = f"UNAUTHENTICATED/{INVALID}", f"UNAUTHENTICATED/{MISSING}"
+    # x-api-key is not read at all: alone, it is no credential...
+    assert await answer(api, workspace, [("x-api-key", service_key)]) == missing
+    # ... and next to a bearer key it changes nothing: a service key of this
+    # workspace, not the other workspace's admin.
+    md: Md = [("authorization", f"Bearer {service_key}"), ("x-api-key", other_admin_key)]
+    assert await answer(api, workspace, md) == "OK"
+    assert await answer(api, other, md) == "PERMISSION_DENIED/" + DENIED_WORKSPACE
+    error = await call_error(
+        api.workspaces.ListApiKeys(W.ListApiKeysRequest(parent=name), metadata=md)
+    )
+    assert error.reason == DENIED_ROLE
+    # Two authorization headers: which one would count is a guess (and a proxy in
+    # front may guess differently), so neither does, in any order.
+    good, bad = f"Bearer {service_key}", f"Bearer {other_admin_key}"
+    for pair in ((good, bad), (bad, good), (good, good), (good, "Bearer junk")):
+        md = [("authorization", value) for value in pair]
+        assert await answer(api, workspace, md) == invalid, pair
+        assert await answer(api, other, md) == invalid, pair

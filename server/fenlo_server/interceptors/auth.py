@@ -1,9 +1,10 @@
 """Authentication and the permission table, for every RPC but health and reflection.
 
-Sets the Principal in a contextvar. Refuses missing or bad credentials with
-UNAUTHENTICATED and a role the permission table does not list with
-PERMISSION_DENIED. Checking the workspace of each resource a request names is
-done by the handlers (before any lookup), since only they know the fields.
+Sets the Principal in a contextvar. Refuses missing or bad credentials (and a
+request with more than one ``authorization`` header) with UNAUTHENTICATED and a
+role the permission table does not list with PERMISSION_DENIED. Checking the
+workspace of each resource a request names is done by the handlers (before any
+lookup), since only they know the fields.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from grpc import aio
 from fenlo_server.auth import permissions
 from fenlo_server.auth.authenticator import Authenticator
 from fenlo_server.auth.principal import current_principal
-from fenlo_server.errors import PermissionDenied, Reason
+from fenlo_server.errors import PermissionDenied, Reason, Unauthenticated
 from fenlo_server.interceptors.base import Around, WrappingInterceptor, current_call
 
 
@@ -31,12 +32,18 @@ class _Authenticate:
         self._context = context
 
     async def __aenter__(self) -> None:
-        authorization = None
-        for key, value in self._context.invocation_metadata() or ():
-            if key == "authorization":
-                authorization = value if isinstance(value, str) else value.decode()
-                break
-        principal = await self._auth.authenticate(authorization)
+        values = [
+            value if isinstance(value, str) else value.decode()
+            for key, value in self._context.invocation_metadata() or ()
+            if key == "authorization"
+        ]
+        if len(values) > 1:
+            # Which one counts would be a guess, and a proxy in front may guess otherwise.
+            raise Unauthenticated(
+                Reason.ERROR_REASON_CREDENTIALS_INVALID,
+                f"the request has {len(values)} authorization headers; send exactly one",
+            )
+        principal = await self._auth.authenticate(values[0] if values else None)
         state = current_call.get()
         if state is not None:
             state.principal = principal
