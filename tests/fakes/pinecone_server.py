@@ -17,7 +17,8 @@ API version 2026-07) for a dense index with the cosine metric:
 Requests without the right ``Api-Key`` get 401. Errors are ``{"code", "message",
 "details"}`` bodies, as Pinecone's gateway sends. Like the real service it
 rejects a dimension mismatch, more than 1,000 vectors or ids in one request, and
-a delete in a namespace that does not exist (404). Filters support ``$eq``,
+a delete in a namespace that does not exist (404); ``deleteAll`` deletes the
+namespace itself. Filters support ``$eq``,
 ``$ne``, ``$in``, ``$nin``, ``$exists``, ``$gt``/``$gte``/``$lt``/``$lte``,
 ``$and``, ``$or`` and the implicit ``{"field": value}`` and multi-key AND; a
 list-valued field matches when any element does. The default namespace is
@@ -316,7 +317,8 @@ class FakePinecone:
         if records is None:
             raise PineconeError(404, "Namespace not found")
         if delete_all:
-            records.clear()
+            # As Pinecone documents: deleting all records of a namespace deletes it.
+            del self.namespaces[name]
         elif ids is not None:
             if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
                 raise PineconeError(400, "ids must be a list of strings")
