@@ -205,8 +205,9 @@ async def test_fenlo_retention_run_from_the_command_line(
 
 
 async def _deliveries(db: Database, ws: str, spec: list[tuple[str, int]]) -> list[str]:
-    """Webhook deliveries in ``ws`` of (state, age in days); their ids."""
-    from fenlo_server.storage.models import WebhookDeliveryRow
+    """Webhook deliveries in ``ws`` of (state, age in days); their ids. Each is of an
+    event of its own in the outbox (a delivery is only made for a stored event)."""
+    from fenlo_server.storage.models import OutboxEventRow, WebhookDeliveryRow
     from fenlo_server.storage.webhooks import WebhookRepository
 
     ids = []
@@ -222,9 +223,13 @@ async def _deliveries(db: Database, ws: str, spec: list[tuple[str, int]]) -> lis
             request_id=None,
             request_hash=None,
         )
-        for state, age in spec:
+        for seq, (state, age) in enumerate(spec, start=10_000):
+            event = OutboxEventRow(
+                id=uuid.uuid4().hex, workspace_id=ws, seq=seq, type="t", published_time=utcnow()
+            )
+            session.add(event)
             [row] = await repo.add_pending(
-                [hook.id], event_id=uuid.uuid4().hex, event_seq=1, event_type="t", body="{}"
+                [hook.id], event_id=event.id, event_seq=seq, event_type="t", body="{}"
             )
             ids.append(row.id)
             await session.execute(

@@ -27,7 +27,9 @@ from sqlalchemy import text
 from fenlo.v1 import webhook_pb2, webhook_pb2_grpc
 from fenlo_server.app import FenloApp
 from fenlo_server.events.bus import PublishedEvent
+from fenlo_server.events.relay import published as as_published
 from fenlo_server.ids import new_id
+from fenlo_server.storage.models import OutboxEventRow
 from fenlo_server.storage.webhooks import WebhookRepository
 from tests.conftest import make_settings, start_app
 from tests.helpers import Api, rich_error
@@ -166,15 +168,24 @@ async def create_hook(
     )
 
 
-def event(workspace_id: str, kind: str = "turn.completed", seq: int = 1) -> PublishedEvent:
-    return PublishedEvent(
+async def event(
+    app: FenloApp, workspace_id: str, kind: str = "turn.completed", seq: int = 1
+) -> PublishedEvent:
+    """An event stored in the outbox (deliveries are made only for stored events),
+    marked published so that the relay leaves it to the test to publish."""
+    now = datetime.now(UTC)
+    row = OutboxEventRow(
         id=new_id(),
         workspace_id=workspace_id,
         seq=seq,
         type=kind,
         payload={"conversation": f"workspaces/{workspace_id}/conversations/c1", "n": seq},
-        create_time=datetime.now(UTC),
+        create_time=now,
+        published_time=now,
     )
+    async with app.db.workspace(workspace_id) as session:
+        session.add(row)
+    return as_published(row)
 
 
 async def deliveries(api: Api, token: str, hook: str) -> list[H.Delivery]:
@@ -384,7 +395,7 @@ async def test_secrets_are_stored_encrypted(hook_api: Api, receiver: Receiver) -
     for row in rows:
         assert row.secret_ciphertext.startswith("v1:")
     # The rotated secret signs from now on: deliver one event and check.
-    await api.app.bus.publish(event(ws))
+    await api.app.bus.publish(await event(api.app, ws))
     verify = documented_verify()
     await wait_for(lambda: _true(len(receiver.got()) >= 2), "two requests")
     by_hook = {r.headers["Fenlo-Webhook-Id"]: r for r in receiver.got()}
@@ -415,7 +426,7 @@ async def test_event_reaches_the_receiver_signed(
     other_ws, other_admin = await api.create_workspace("Other")
     await create_hook(api, other_ws, other_admin, receiver.url)
 
-    published = event(ws, seq=7)
+    published = await event(api.app, ws, seq=7)
     caplog.set_level("INFO", logger="fenlo.webhooks")
     assert await api.app.bus.publish(published)
     [delivery] = await wait_final(api, admin, created.webhook.name)
@@ -471,7 +482,7 @@ async def test_an_event_published_twice_is_delivered_once(
         async with Api(app) as api:
             ws, admin = await api.create_workspace("Dedup")
             created = await create_hook(api, ws, admin, receiver.url)
-            twice = event(ws, seq=1)
+            twice = await event(app, ws, seq=1)
             assert await app.bus.publish(twice)
             assert not await app.bus.publish(twice)  # the bus drops it
             await wait_final(api, admin, created.webhook.name)
@@ -484,7 +495,7 @@ async def test_an_event_published_twice_is_delivered_once(
     try:
         async with Api(again) as api:
             assert await again.bus.publish(twice)
-            barrier = event(ws, seq=2)
+            barrier = await event(again, ws, seq=2)
             await again.bus.publish(barrier)
             found = await wait_final(api, admin, created.webhook.name, count=2)
     finally:
@@ -586,7 +597,7 @@ async def test_retried_until_the_receiver_succeeds(hook_api: Api, receiver: Rece
     ws, admin = await api.create_workspace("Retries")
     created = await create_hook(api, ws, admin, receiver.url)
     receiver.answer(500, 500, 200)
-    await api.app.bus.publish(event(ws))
+    await api.app.bus.publish(await event(api.app, ws))
     [delivery] = await wait_final(api, admin, created.webhook.name)
     assert delivery.state == H.DELIVERY_STATE_SUCCEEDED
     assert [(a.attempt_number, a.status_code) for a in delivery.attempts] == [
@@ -610,7 +621,7 @@ async def test_dead_lettered_after_the_limit(hook_api: Api, receiver: Receiver) 
     ws, admin = await api.create_workspace("Dead letters")
     created = await create_hook(api, ws, admin, receiver.url)
     receiver.answer(503)
-    await api.app.bus.publish(event(ws))
+    await api.app.bus.publish(await event(api.app, ws))
     [delivery] = await wait_final(api, admin, created.webhook.name)
     assert delivery.state == H.DELIVERY_STATE_DEAD_LETTER
     assert [(a.attempt_number, a.status_code) for a in delivery.attempts] == [
@@ -643,7 +654,7 @@ async def test_unreachable_receiver_and_gone(hook_api: Api, receiver: Receiver) 
     nobody = await create_hook(api, ws, admin, f"http://127.0.0.1:{port}/")
     gone = await create_hook(api, ws, admin, receiver.url)
     receiver.answer(410)
-    await api.app.bus.publish(event(ws))
+    await api.app.bus.publish(await event(api.app, ws))
     [refused] = await wait_final(api, admin, nobody.webhook.name)
     assert refused.state == H.DELIVERY_STATE_DEAD_LETTER
     assert all(a.status_code == 0 and a.error for a in refused.attempts)
@@ -669,7 +680,7 @@ async def test_deliveries_page(hook_api: Api, receiver: Receiver) -> None:
     ws, admin = await api.create_workspace("Pages")
     created = await create_hook(api, ws, admin, receiver.url)
     for seq in range(1, 4):
-        await api.app.bus.publish(event(ws, seq=seq))
+        await api.app.bus.publish(await event(api.app, ws, seq=seq))
     await wait_final(api, admin, created.webhook.name, count=3)
     names: list[str] = []
     token = ""
@@ -750,7 +761,7 @@ async def test_send_time_check_refuses_a_url_that_became_private(
     strict = await fast_app(tmp_path, database_url, webhook_allow_private=False)
     try:
         async with Api(strict) as api:
-            await strict.bus.publish(event(ws))
+            await strict.bus.publish(await event(strict, ws))
             [delivery] = await wait_final(api, admin, created.webhook.name)
     finally:
         await strict.stop(grace=0)
@@ -775,7 +786,7 @@ async def test_a_changed_key_fails_the_delivery_instead_of_retrying_forever(
     other_key = await fast_app(tmp_path, url, webhook_secret_key="another-key-" + "x" * 20)
     try:
         async with Api(other_key) as api:
-            await other_key.bus.publish(event(ws))
+            await other_key.bus.publish(await event(other_key, ws))
             [delivery] = await wait_final(api, admin, created.webhook.name)
     finally:
         await other_key.stop(grace=0)
@@ -797,7 +808,7 @@ async def test_pending_deliveries_resume_after_a_restart(
         async with Api(app) as api:
             ws, admin = await api.create_workspace("Restart")
             created = await create_hook(api, ws, admin, receiver.url)
-            await app.bus.publish(event(ws))
+            await app.bus.publish(await event(app, ws))
 
             found: list[H.Delivery] = []
 
@@ -848,7 +859,7 @@ async def test_arq_workers_deliver_when_redis_is_configured(
             ws, admin = await api.create_workspace("Arq hooks")
             created = await create_hook(api, ws, admin, receiver.url)
             receiver.answer(500, 200)
-            await app.bus.publish(event(ws))
+            await app.bus.publish(await event(app, ws))
             await asyncio.sleep(0.3)
             [pending] = await deliveries(api, admin, created.webhook.name)
             assert pending.state == H.DELIVERY_STATE_PENDING  # the server did not send it
@@ -881,7 +892,7 @@ async def test_redis_refusing_a_delivery_sends_it_from_the_server(
         async with Api(app) as api:
             ws, admin = await api.create_workspace("No Redis")
             created = await create_hook(api, ws, admin, receiver.url)
-            await app.bus.publish(event(ws))
+            await app.bus.publish(await event(app, ws))
             [delivery] = await wait_final(api, admin, created.webhook.name)
     finally:
         await app.stop(grace=0)

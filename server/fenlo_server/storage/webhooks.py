@@ -12,7 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fenlo_server.ids import new_id
 from fenlo_server.storage.db import UNSCOPED_KEY
-from fenlo_server.storage.models import WebhookDeliveryRow, WebhookRow, WorkspaceRow, utcnow
+from fenlo_server.storage.models import (
+    OutboxEventRow,
+    WebhookDeliveryRow,
+    WebhookRow,
+    WorkspaceRow,
+    utcnow,
+)
 from fenlo_server.storage.repositories import DuplicateRequest, workspace_of
 
 PENDING = "PENDING"
@@ -187,11 +193,34 @@ class WebhookRepository:
     async def add_pending(
         self, webhook_ids: list[str], *, event_id: str, event_seq: int, event_type: str, body: str
     ) -> list[WebhookDeliveryRow]:
-        """PENDING deliveries for these webhooks, which the caller knows have none."""
+        """PENDING deliveries for these webhooks, which the caller knows have none.
+
+        None when the event is no longer in the outbox: an erasure (or retention)
+        removed it, and what was erased is not sent. The event is looked for after
+        the rows are written, in the same transaction: on SQLite that write holds
+        the database, on PostgreSQL the event row is locked (``FOR SHARE``), so an
+        erasure either commits first (and nothing is recorded) or after this
+        commit (and deletes these deliveries with the event)."""
         rows = self._add_pending(
             webhook_ids, event_id=event_id, event_seq=event_seq, event_type=event_type, body=body
         )
         await self._session.flush()
+        if not rows:
+            return rows
+        stored = await self._session.execute(
+            select(OutboxEventRow.id)
+            .where(OutboxEventRow.id == event_id)
+            .with_for_update(read=True)
+        )
+        if stored.scalar_one_or_none() is None:
+            await self._session.execute(
+                delete(WebhookDeliveryRow)
+                .where(WebhookDeliveryRow.id.in_([r.id for r in rows]))
+                .execution_options(synchronize_session=False)
+            )
+            for row in rows:
+                self._session.expunge(row)
+            return []
         return rows
 
     async def get_delivery(self, delivery_id: str) -> WebhookDeliveryRow | None:
