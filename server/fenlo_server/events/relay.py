@@ -428,27 +428,26 @@ class OutboxRelay:
         reseek = False
         backoff = _BACKOFF_START
         while not self._stopping:
+            # The entries read live only in the helpers' frames: this loop, which
+            # waits in XREAD most of the time, keeps no event (an erased one would
+            # stay in memory until the next read).
             try:
                 if last is None:
                     # Start at the end: older events went out before this replica
                     # had anyone to give them to (StreamEvents replays from the outbox).
-                    newest = await client.xrevrange(self.keys.shared, count=1)
-                    last = newest[0][0] if newest else "0-0"
+                    last = await self._newest_id(client) or "0-0"
                     self.consumed_id = last
                 elif reseek:
                     # After an error: if Redis restarted empty, its new stream may end
                     # below where we were; then everything in it is new to us.
-                    newest = await client.xrevrange(self.keys.shared, count=1)
-                    if not newest or _entry_id(newest[0][0]) < _entry_id(last):
+                    newest = await self._newest_id(client)
+                    if newest is None or _entry_id(newest) < _entry_id(last):
                         last = "0-0"
                 reseek = False
-                answer = await client.xread({self.keys.shared: last}, block=block, count=500)
+                last = await self._deliver_all(
+                    await client.xread({self.keys.shared: last}, block=block, count=500), last
+                )
                 backoff = _BACKOFF_START
-                for _stream, entries in answer or ():
-                    for entry_id, fields in entries:
-                        last = entry_id
-                        await self._deliver(fields)
-                        self.consumed_id = entry_id
             except asyncio.CancelledError:
                 raise
             except _redis_errors() as exc:
@@ -456,6 +455,19 @@ class OutboxRelay:
                 reseek = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    async def _newest_id(self, client: Any) -> str | None:
+        newest = await client.xrevrange(self.keys.shared, count=1)
+        return str(newest[0][0]) if newest else None
+
+    async def _deliver_all(self, answer: Any, last: str) -> str:
+        """Publish what one XREAD returned; the id of the last entry read."""
+        for _stream, entries in answer or ():
+            for entry_id, fields in entries:
+                last = entry_id
+                await self._deliver(fields)
+                self.consumed_id = entry_id
+        return last
 
     async def _deliver(self, fields: dict[str, str]) -> None:
         if fields.get("origin") == self.replica_id:

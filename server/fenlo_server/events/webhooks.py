@@ -242,18 +242,22 @@ class WebhookDispatcher:
 
     async def _record_events(self) -> None:
         while True:
-            event = await self._inbox.get()
-            try:
-                await self.record(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception(
-                    "webhook deliveries not recorded",
-                    extra={"event_id": event.id, "workspace": event.workspace_id},
-                )
-            finally:
-                self._inbox.task_done()
+            # Handled in a frame of its own: this loop, waiting for the next event,
+            # keeps none (an erased one would stay in memory until the next came).
+            await self._record_next(await self._inbox.get())
+
+    async def _record_next(self, event: PublishedEvent) -> None:
+        try:
+            await self.record(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(
+                "webhook deliveries not recorded",
+                extra={"event_id": event.id, "workspace": event.workspace_id},
+            )
+        finally:
+            self._inbox.task_done()
 
     async def record(self, event: PublishedEvent) -> None:
         """A delivery of ``event`` for each matching enabled webhook."""
