@@ -7,7 +7,9 @@ also runs an outbox relay (``events/relay.py``), so the events its jobs commit
 rather than at a server's next poll; it shares the outbox with the servers'
 relays like one more replica.
 
-Job ids carry the document's generation, so a document queued twice runs once.
+Job ids carry the document's generation, so a document queued twice runs once,
+and the workspace id, so that a deleted workspace's queued jobs go with its other
+Redis keys (``lifecycle.py``).
 If Redis cannot take a job, the server runs it in-process instead: a Redis
 outage never loses an upload.
 """
@@ -32,6 +34,10 @@ RETENTION = "retention"
 
 
 DELIVER_WEBHOOK = "deliver_webhook"
+
+
+def ingest_job_id(workspace_id: str, document_id: str, generation: int) -> str:
+    return f"ingest:{workspace_id}:{document_id}:{generation}"
 
 
 def redis_settings(url: str) -> Any:
@@ -63,7 +69,7 @@ class ArqQueue:
                 workspace_id,
                 document_id,
                 generation,
-                _job_id=f"ingest:{document_id}:{generation}",
+                _job_id=ingest_job_id(workspace_id, document_id, generation),
                 _queue_name=self._queue_name,
             )
         except Exception as error:
@@ -119,8 +125,10 @@ async def sweep(ctx: dict[str, Any]) -> int:
             workspace_id,
             document_id,
             generation,
-            # A distinct id per sweep minute: ARQ keeps finished job ids for an hour.
-            _job_id=f"ingest:{document_id}:{generation}:retry:{int(time.time() // 60)}",
+            # A distinct id per sweep minute: a lost job's id stays taken until ARQ
+            # lets its data expire.
+            _job_id=ingest_job_id(workspace_id, document_id, generation)
+            + f":retry:{int(time.time() // 60)}",
             _queue_name=ctx["queue_name"],
         )
     return len(stale)
@@ -159,7 +167,7 @@ async def enqueue_delivery(
         DELIVER_WEBHOOK,
         workspace_id,
         delivery_id,
-        _job_id=f"webhook:{delivery_id}:{attempt}{job_suffix}",
+        _job_id=f"webhook:{workspace_id}:{delivery_id}:{attempt}{job_suffix}",
         _defer_until=when,
         _queue_name=queue_name,
     )
@@ -242,7 +250,7 @@ def make_startup(settings: Settings) -> Callable[[dict[str, Any]], Awaitable[Non
                 workspace_id,
                 document_id,
                 generation,
-                _job_id=f"ingest:{document_id}:{generation}",
+                _job_id=ingest_job_id(workspace_id, document_id, generation),
                 _queue_name=settings.jobs_queue,
             )
 
@@ -281,15 +289,19 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
     if schedule is not None:
         # unique (ARQ's default): one worker runs each scheduled retention run.
         cron_jobs.append(cron(retention, name=RETENTION, timeout=3600, **schedule))
+    # Ingestion and delivery jobs keep no result: nothing reads them, the database's
+    # claims make a job that runs twice harmless, and a result (which holds the job's
+    # arguments) would outlive the deletion of its workspace by ARQ's hour.
     return {
         "functions": [
-            func(ingest_document, name=INGEST, max_tries=3, timeout=600),
+            func(ingest_document, name=INGEST, max_tries=3, timeout=600, keep_result=0),
             # Retries are the delivery's own (backoff, dead letter), not ARQ's.
             func(
                 deliver_webhook,
                 name=DELIVER_WEBHOOK,
                 max_tries=1,
                 timeout=settings.webhook_timeout_seconds * 2 + 5,
+                keep_result=0,
             ),
         ],
         "cron_jobs": cron_jobs,
