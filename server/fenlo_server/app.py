@@ -64,6 +64,7 @@ from fenlo_server.lifecycle import DataLifecycle
 from fenlo_server.llm.factory import build_router
 from fenlo_server.locks import ConversationLocks, LocalConversationLocks, RedisConversationLocks
 from fenlo_server.pagination import PageTokens
+from fenlo_server.pipeline import analysis
 from fenlo_server.pipeline.analysis import guard_semantic, intent
 from fenlo_server.pipeline.registry import StepRegistry
 from fenlo_server.pipeline.services import TurnServices
@@ -93,6 +94,9 @@ SERVICES = (
 # answers, NOT_SERVING while the server runs on local state ("" stays SERVING).
 REDIS_HEALTH = "fenlo.dependency.redis"
 WEBHOOKS_CHANGED = "webhooks"  # invalidation kind: a workspace's webhooks changed
+# Invalidation kind: a contact was erased or a workspace deleted; every replica drops
+# the caches that may hold its texts (FenloApp.forget_texts).
+DATA_ERASED = "erased"
 
 
 def build_token_service(settings: Settings) -> TokenService:
@@ -330,12 +334,19 @@ class FenloApp:
             external_store=self.external_store,
             external_models=[self.embedders[0].model] if self.external_store else [],
             redis=self.redis,
+            event_streams=self.relay.keys,
+            job_queue=settings.jobs_queue if settings.redis_url else None,
             forget=[
                 self.directory.invalidate,
                 self.authenticator.forget_workspace,
                 self.knowledge.indexes.forget,
             ],
+            forget_api_keys=self.authenticator.forget_api_keys,
+            purge=[lambda workspace: self.invalidations.publish(DATA_ERASED, workspace)],
         )
+        self.invalidations.on(DATA_ERASED, lambda _workspace: self.forget_texts())
+        # An erasure announced while this replica was not listening is not missed.
+        self.invalidations.on_reset(self.forget_texts)
         # With Redis, `fenlo worker` runs retention as an ARQ cron job instead.
         self.retention = RetentionTimer(
             db,
@@ -418,6 +429,20 @@ class FenloApp:
         self._stopping: asyncio.Task[None] | None = None
         self._warming: list[asyncio.Task[None]] = []
         self._health_updates: set[asyncio.Task[None]] = set()
+
+    def forget_texts(self) -> None:
+        """Drop the in-process caches that may hold texts of any workspace: the query
+        vectors (keyed by the query's text), SQLAlchemy's compiled statements (each
+        keeps the parameter values it was first compiled with), the pipelines built
+        from workspace settings and the analysers' caches of passages, products and
+        topics."""
+        for embedder in self.embedders:
+            forget = getattr(embedder, "forget_queries", None)
+            if forget is not None:
+                forget()
+        self.db.sync_engine.clear_compiled_cache()
+        self.steps.forget_pipelines()
+        analysis.forget_texts()
 
     @classmethod
     async def create(

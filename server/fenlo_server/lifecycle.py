@@ -2,10 +2,13 @@
 
 The database rows go in one transaction (``storage/lifecycle.py``); then the
 copies outside the database: the live Chat streams of this server, the
-in-memory caches (workspace directory, credentials, the knowledge index), the
-vector store's namespaces and the Redis keys that carry the workspace id.
-Redis is best effort: when it is down the deletion still succeeds, the failure
-is logged, and the keys (all of which have expiries) are left to expire.
+in-memory caches (workspace directory, credentials, the knowledge index, and
+the caches of every workspace's texts, on every replica), the vector store's
+namespaces, the Redis keys that carry the workspace id, the events' entries in
+the Redis streams, and the SQLite write-ahead log. Redis is best effort: when
+it is down the deletion still succeeds, the failure is logged, and the keys
+(all of which have expiries) are left to expire, the stream entries to be
+trimmed.
 """
 
 from __future__ import annotations
@@ -15,15 +18,16 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fenlo_server.errors import Reason, Unavailable
+from fenlo_server.events.relay import StreamKeys
 from fenlo_server.events.types import CONTACT_ERASED, Event
 from fenlo_server.knowledge.types import VectorStore
 from fenlo_server.storage.db import Database
-from fenlo_server.storage.lifecycle import delete_workspace_rows, erase_contact
+from fenlo_server.storage.lifecycle import api_key_hashes, delete_workspace_rows, erase_contact
 from fenlo_server.storage.models import WorkspaceRow
 from fenlo_server.storage.outbox import append_events
 
@@ -96,6 +100,99 @@ async def delete_redis_keys(
     return deleted
 
 
+def _stream_field(fields: Mapping[Any, Any], name: str) -> bytes:
+    value = fields.get(name.encode(), fields.get(name, b""))
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def naming(workspace_id: str, names: Sequence[str]) -> Callable[[Mapping[Any, Any]], bool]:
+    """Whether a stream entry is an event of the workspace whose payload holds one of
+    ``names`` (any event of the workspace when ``names`` is empty)."""
+    workspace = workspace_id.encode()
+    fragments = [n.encode() for n in names]
+
+    def matches(fields: Mapping[Any, Any]) -> bool:
+        if _stream_field(fields, "workspace") != workspace:
+            return False
+        payload = _stream_field(fields, "payload")
+        return not fragments or any(f in payload for f in fragments)
+
+    return matches
+
+
+async def delete_stream_entries(
+    redis: Any,
+    key: str,
+    matches: Callable[[Mapping[Any, Any]], bool],
+    *,
+    max_calls: int = REDIS_SCAN_MAX_CALLS,
+    budget_seconds: float = REDIS_SCAN_SECONDS,
+) -> int | None:
+    """Delete the entries of the Redis stream ``key`` that ``matches``, read in pages
+    (``XRANGE``, bounded like :func:`delete_redis_keys`), with ``XDEL``. Returns
+    how many were deleted, or None when Redis could not be reached (logged)."""
+    started = time.monotonic()
+    start = "-"
+    deleted = 0
+    try:
+        for _ in range(max_calls):
+            entries = await asyncio.wait_for(
+                redis.xrange(key, min=start, max="+", count=REDIS_SCAN_COUNT), REDIS_CALL_TIMEOUT
+            )
+            doomed = [entry_id for entry_id, fields in entries if matches(fields)]
+            if doomed:
+                deleted += int(await asyncio.wait_for(redis.xdel(key, *doomed), REDIS_CALL_TIMEOUT))
+            if len(entries) < REDIS_SCAN_COUNT:
+                return deleted
+            last = entries[-1][0]
+            start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+            if time.monotonic() - started > budget_seconds:
+                break
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        log.warning(
+            "redis stream entries not deleted; the stream's trimming drops them in time",
+            extra={"stream": key, "error": repr(error)},
+        )
+        return None
+    log.warning(
+        "redis stream scan stopped at its bound; the stream's trimming drops the rest in time",
+        extra={"stream": key, "deleted": deleted},
+    )
+    return deleted
+
+
+async def delete_set_members(
+    redis: Any, key: str, fragment: str, *, max_calls: int = REDIS_SCAN_MAX_CALLS
+) -> int | None:
+    """Remove the members of the sorted set ``key`` that contain ``fragment`` (a
+    server-made id), found with ``ZSCAN MATCH``. Returns how many went, or None
+    when Redis could not be reached (logged)."""
+    cursor: Any = 0
+    removed = 0
+    try:
+        for _ in range(max_calls):
+            cursor, members = await asyncio.wait_for(
+                redis.zscan(key, cursor=cursor, match=f"*{fragment}*", count=REDIS_SCAN_COUNT),
+                REDIS_CALL_TIMEOUT,
+            )
+            doomed = [member for member, _score in members]
+            if doomed:
+                removed += int(await asyncio.wait_for(redis.zrem(key, *doomed), REDIS_CALL_TIMEOUT))
+            if int(cursor) == 0:
+                break
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        log.warning(
+            "queued jobs not removed; they find nothing to do when they run",
+            extra={"queue": key, "error": repr(error)},
+        )
+        return None
+    return removed
+
+
 class DataLifecycle:
     """Erases a contact and deletes a workspace, wherever their data lives."""
 
@@ -108,7 +205,11 @@ class DataLifecycle:
         external_store: VectorStore | None = None,
         external_models: Sequence[str] = (),
         redis: Any = None,
+        event_streams: StreamKeys | None = None,
+        job_queue: str | None = None,
         forget: Sequence[Callable[[str], Awaitable[None] | None]] = (),
+        forget_api_keys: Callable[[Sequence[str]], Awaitable[None]] | None = None,
+        purge: Sequence[Callable[[str], Awaitable[None] | None]] = (),
     ) -> None:
         self._db = db
         # A key of its own, derived once, so the hash reveals nothing of the secret.
@@ -117,7 +218,13 @@ class DataLifecycle:
         self._external = external_store
         self._external_models = list(external_models)
         self._redis = redis
+        self._streams = event_streams
+        self._job_queue = job_queue  # the ARQ queue (a sorted set of job ids)
         self._forget = list(forget)  # in-process caches keyed by workspace id
+        self._forget_api_keys = forget_api_keys  # caches keyed by an API key's hash
+        # Caches that may hold any workspace's texts (run after an erasure and after a
+        # deletion; the composition root's hook reaches every replica).
+        self._purge = list(purge)
 
     def contact_hash(self, workspace_id: str, external_contact_id: str) -> str:
         """A keyed hash of the contact id: the same for the same contact of the same
@@ -149,6 +256,14 @@ class DataLifecycle:
             await delete_redis_keys(
                 self._redis, workspace_id, keep=lambda key: not any(c in key for c in ids)
             )
+            if self._streams is not None:
+                # The published events that name the erased rows: in the workspace's
+                # stream and in the replicas' shared one.
+                matches = naming(workspace_id, erased.payload_names())
+                for key in (self._streams.workspace(workspace_id), self._streams.shared):
+                    await delete_stream_entries(self._redis, key, matches)
+        if erased.conversation_ids:
+            await self._after_erasure(workspace_id)
         log.info(
             "contact erased",
             extra={
@@ -179,20 +294,40 @@ class DataLifecycle:
                 return False
         await self._empty_vectors(workspace_id, strict=True)
         async with self._db.workspace(workspace_id) as session:
+            key_hashes = await api_key_hashes(session)
             if not await delete_workspace_rows(session, workspace_id):
                 return False
         for forget in self._forget:
             done = forget(workspace_id)
             if done is not None:
                 await done
+        if self._forget_api_keys is not None:
+            await self._forget_api_keys(key_hashes)
         ended = self.live.end_workspace(workspace_id) if self.live else 0
         await self._empty_vectors(workspace_id, strict=False)
+        if self._redis is not None and self._job_queue is not None:
+            # Its queued jobs, before their data goes with its keys (job ids hold the
+            # workspace id): a worker taking one meanwhile finds nothing to do.
+            await delete_set_members(self._redis, self._job_queue, workspace_id)
         keys = await delete_redis_keys(self._redis, workspace_id) if self._redis else 0
+        if self._redis is not None and self._streams is not None:
+            # Its own stream went with its keys; its entries in the shared one:
+            await delete_stream_entries(self._redis, self._streams.shared, naming(workspace_id, ()))
+        await self._after_erasure(workspace_id)
         log.info(
             "workspace deleted",
             extra={"workspace": workspace_id, "streams_ended": ended, "redis_keys": keys},
         )
         return True
+
+    async def _after_erasure(self, workspace_id: str) -> None:
+        """Drop the copies of erased data that are not rows: the caches that may hold
+        texts, and (SQLite) the write-ahead log's older page images."""
+        for purge in self._purge:
+            done = purge(workspace_id)
+            if done is not None:
+                await done
+        await self._db.truncate_wal()
 
     async def _empty_vectors(self, workspace_id: str, *, strict: bool) -> None:
         if self._external is None:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from fenlo_server.auth import apikeys
@@ -123,13 +124,19 @@ class Authenticator:
         """Drop a deleted key from every cache (every replica's) so it stops working at once."""
         await self._keys.invalidate(secret_hash)
 
+    async def forget_api_keys(self, secret_hashes: Sequence[str]) -> None:
+        """Drop deleted keys (a deleted workspace's) from every cache, Redis included."""
+        for secret_hash in secret_hashes:
+            await self._keys.invalidate(secret_hash)
+
     async def forget_workspace(self, workspace_id: str) -> None:
         """Drop the cached keys of a deleted workspace on every replica.
 
         The in-process layers are cleared whole (they are small and refill from
-        Redis); Redis entries of the workspace's keys expire by themselves, and
-        until then the rate-limit interceptor refuses them, as their workspace
-        no longer exists.
+        Redis); the workspace deletion drops the Redis entries of its keys with
+        :meth:`forget_api_keys` (an entry left behind, Redis being down, expires,
+        and until then the rate-limit interceptor refuses the key, as its
+        workspace no longer exists).
         """
         if self._invalidations is not None:
             await self._invalidations.publish(WORKSPACE_KEYS, workspace_id)

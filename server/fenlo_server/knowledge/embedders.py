@@ -236,6 +236,10 @@ class LocalEmbedder(ABC):
 
     # -- public ------------------------------------------------------------------
 
+    def forget_queries(self) -> None:
+        """Drop the cached query vectors (keyed by the queries' texts)."""
+        self.cache.clear()
+
     @property
     def model_calls(self) -> int:
         """How many batches the model has run (queries and documents)."""
@@ -537,6 +541,10 @@ class OpenAIEmbedder:
         vector = _frozen((await self._request([text], "query"))[0])
         self.cache.put(text, vector)
         return vector
+
+    def forget_queries(self) -> None:
+        """Drop the cached query vectors (keyed by the queries' texts)."""
+        self.cache.clear()
 
     async def close(self) -> None:
         await self._client.close()

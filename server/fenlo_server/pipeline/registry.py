@@ -53,6 +53,10 @@ class StepRegistry:
         self._factories.pop(name, None)
         self._cache.clear()
 
+    def forget_pipelines(self) -> None:
+        """Drop the built pipelines (their steps hold workspace settings' values)."""
+        self._cache.clear()
+
     def names(self) -> list[str]:
         return sorted(self._factories)
 

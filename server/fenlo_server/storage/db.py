@@ -179,12 +179,17 @@ def _sqlite_pragmas(busy_ms: int) -> Callable[[Any, Any], None]:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        # Deleted rows are overwritten with zeros, in their pages and in freed pages,
+        # instead of lingering in the file until the space is reused: an erasure
+        # must not leave the erased text in the database file (docs/data-lifecycle.md).
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     return apply
 
 
 SQLITE_BUSY_SECONDS = 5.0
+WAL_TRUNCATE_SECONDS = 2.0
 WRITE_GATE_KEY = "fenlo_write_gate"
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLAC")
 
@@ -328,6 +333,33 @@ class Database:
             raise
         except Exception:
             log.exception("handing committed events to the relay failed")
+
+    async def truncate_wal(self) -> bool:
+        """SQLite: copy the write-ahead log into the database file and truncate it, so
+        that the page images it holds from before a deletion do not stay in the
+        ``-wal`` file. A writer or a reader of an older snapshot holds it up: it
+        tries again for a bounded time, then gives up (logged) and returns False;
+        True at once on other databases."""
+        if not self.is_sqlite:
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAL_TRUNCATE_SECONDS
+        while True:
+            try:
+                async with self.engine.connect() as connection:
+                    result = await connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                    busy = result.scalar()
+            except OperationalError as exc:  # still locked after the busy budget
+                log.warning(
+                    "the SQLite write-ahead log was not truncated", extra={"error": str(exc)}
+                )
+                return False
+            if not busy:
+                return True
+            if loop.time() >= deadline:
+                log.warning("the SQLite write-ahead log was not truncated (busy)")
+                return False
+            await asyncio.sleep(0.01)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

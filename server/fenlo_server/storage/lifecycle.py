@@ -8,13 +8,14 @@ more than one batch of rows in memory, whatever the size of the workspace.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import Text, and_, case, cast, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fenlo_server.storage.models import (
+    ApiKeyRow,
     Base,
     ConversationRow,
     LeadRow,
@@ -134,12 +135,18 @@ class Erased:
     messages: int
     leads: int
     events: int
+    lead_ids: list[str] = field(default_factory=list)
+
+    def payload_names(self) -> list[str]:
+        """What the payloads of the erased events contain (see :func:`payload_names`)."""
+        return payload_names(self.conversation_ids, self.lead_ids)
 
 
-def _payload_names(conversation_ids: Sequence[str], lead_ids: Sequence[str]) -> list[str]:
-    """The resource-name fragments an event payload names these rows by."""
-    return [f"%/conversations/{c}%" for c in conversation_ids] + [
-        f"%/leads/{lead}%" for lead in lead_ids
+def payload_names(conversation_ids: Sequence[str], lead_ids: Sequence[str] = ()) -> list[str]:
+    """The resource-name fragments an event payload names these rows by. Ids are
+    lower-case base32, so a text match on ``/conversations/{id}`` is exact."""
+    return [f"/conversations/{c}" for c in conversation_ids] + [
+        f"/leads/{lead}" for lead in lead_ids
     ]
 
 
@@ -147,9 +154,8 @@ async def delete_events_naming(
     session: AsyncSession, conversation_ids: Sequence[str], lead_ids: Sequence[str] = ()
 ) -> int:
     """Delete the outbox events whose payload names one of the conversations (or a
-    message under one) or one of the leads. Payloads hold resource names, and ids
-    are lower-case base32, so a text match on ``/conversations/{id}`` is exact."""
-    patterns = _payload_names(conversation_ids, lead_ids)
+    message under one) or one of the leads (by :func:`payload_names`)."""
+    patterns = [f"%{name}%" for name in payload_names(conversation_ids, lead_ids)]
     deleted = 0
     payload = cast(OutboxEventRow.payload, Text)
     for start in range(0, len(patterns), _PAYLOAD_MATCH_BATCH):
@@ -190,7 +196,7 @@ async def erase_contact(session: AsyncSession, external_contact_id: str) -> Eras
     leads = await session.execute(delete(LeadRow).where(LeadRow.conversation_id.in_(ids)))
     events = await delete_events_naming(session, ids, lead_ids)
     await session.execute(delete(ConversationRow).where(ConversationRow.id.in_(ids)))
-    return Erased(ids, _rowcount(messages), _rowcount(leads), events)
+    return Erased(ids, _rowcount(messages), _rowcount(leads), events, lead_ids)
 
 
 def tenant_models() -> list[type[TenantScoped]]:
@@ -202,6 +208,11 @@ def tenant_models() -> list[type[TenantScoped]]:
     }
     ordered = [t.name for t in reversed(Base.metadata.sorted_tables)]
     return [by_table[name] for name in ordered if name in by_table]
+
+
+async def api_key_hashes(session: AsyncSession) -> list[str]:
+    """The secret hashes of the workspace's API keys (what caches key them by)."""
+    return list((await session.execute(select(ApiKeyRow.secret_hash))).scalars())
 
 
 async def delete_workspace_rows(session: AsyncSession, workspace_id: str) -> bool:
