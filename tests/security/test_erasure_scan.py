@@ -503,13 +503,14 @@ async def test_erasing_a_contact_leaves_its_markers_in_no_store(stack: Stack) ->
     survivors |= set(ids_of([mine.name, theirs.name]))
     workspaces = [(a, a_admin), (b, b_admin)]
 
-    async def scan(bodies: list[Received]) -> dict[str, list[Hit]]:
+    async def scan(bodies: list[Received], *, memory: bool = True) -> dict[str, list[Hit]]:
         return await scan_all_stores(
             api,
             erased | survivors,
             workspaces=workspaces,
             pinecone=stack.pinecone,
             webhook_bodies=[r.body for r in bodies],
+            memory=memory,
         )
 
     before = await scan(receiver.got())
@@ -532,6 +533,10 @@ async def test_erasing_a_contact_leaves_its_markers_in_no_store(stack: Stack) ->
 
     assert (response.conversations_deleted, response.streams_ended) == (2, 1)
     await live.failure(grpc.StatusCode.NOT_FOUND, "RESOURCE_NOT_FOUND")
+    # At once, while the requests are still in flight (their attempts hold what they
+    # send in memory until they end):
+    at_once = await scan([], memory=False)
+    assert not leftovers(at_once, erased), report({"left": leftovers(at_once, erased)})
     receiver.release()  # the requests in flight get their answer
     # An event of the erased contact reaching the webhook dispatcher after the erasure,
     # as one read from Redis by a replica that lags behind would.
@@ -686,13 +691,14 @@ async def test_deleting_a_workspace_leaves_its_markers_in_no_store(stack: Stack)
     texts = set(doomed.marks.values())
     workspaces = [(doomed.workspace, doomed.token), (kept.workspace, kept.token)]
 
-    async def scan(bodies: list[Received]) -> dict[str, list[Hit]]:
+    async def scan(bodies: list[Received], *, memory: bool = True) -> dict[str, list[Hit]]:
         return await scan_all_stores(
             api,
             erased | survivors,
             workspaces=workspaces,
             pinecone=stack.pinecone,
             webhook_bodies=[r.body for r in bodies],
+            memory=memory,
         )
 
     before = await scan(receiver.got())
@@ -713,6 +719,9 @@ async def test_deleting_a_workspace_leaves_its_markers_in_no_store(stack: Stack)
     )
 
     await live.failure(grpc.StatusCode.NOT_FOUND, "RESOURCE_NOT_FOUND")
+    # At once, while the requests (and their ARQ jobs) are still in flight:
+    at_once = await scan([], memory=False)
+    assert not leftovers(at_once, erased), report({"left": leftovers(at_once, erased)})
     receiver.release()  # the requests in flight get their answer
     await all_delivered(api, kept.token, kept.hook)
     after = await scan(receiver.got()[sent:])
