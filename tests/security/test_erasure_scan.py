@@ -70,7 +70,7 @@ from tests.lifecycle_helpers import (
 
 PINECONE_KEY = "pc-erasure-scan"
 # A Redis database number of this test's own on the shared server: the scan reads
-# every key of it; cleanup deletes only keys that name this test's ids.
+# every key of it, and the cleanup deletes the keys a test made there.
 REDIS_DB = 11
 WAIT = 30.0
 
@@ -159,7 +159,6 @@ class Stack:
     pinecone: FakePinecone
     receiver: Receiver
     settings: Settings
-    workspaces: list[str] = field(default_factory=list)  # whose Redis keys to clean up
 
 
 def private_redis_url() -> str | None:
@@ -238,35 +237,41 @@ async def stack(
         # No catch-up pass: its cursor would change the rows compared before and after.
         webhook_catchup_seconds=3600,
     )
+    existing = await redis_keys(redis_url) if redis_url else set()
     async with FakePinecone(api_key=PINECONE_KEY) as pinecone:
         settings = settings.model_copy(update={"pinecone_index_host": pinecone.host})
         app = await start_app(settings)
-        ours = [tag]
         try:
             async with Api(app) as api, contextlib.AsyncExitStack() as workers:
                 if redis_url:
                     await workers.enter_async_context(arq_worker(settings))
-                stack = Stack(api, app, pinecone, receiver, settings)
-                ours = stack.workspaces
-                ours.append(tag)
-                yield stack
+                yield Stack(api, app, pinecone, receiver, settings)
         finally:
             receiver.release()
             await app.stop(grace=0)
             if redis_url:
-                await clean_redis(redis_url, ours)
+                await clean_redis(redis_url, existing)
 
 
-async def clean_redis(url: str, fragments: list[str]) -> None:
-    """Delete this test's keys: those whose name holds its tag (its queue, its event
-    streams) or one of its workspaces' ids."""
+async def redis_keys(url: str) -> set[bytes]:
     import redis.asyncio
 
     client = redis.asyncio.Redis.from_url(url)
     try:
-        for fragment in fragments:
-            async for key in client.scan_iter(match=f"*{fragment}*", count=1000):
-                await client.delete(key)
+        return {key async for key in client.scan_iter(count=1000)}
+    finally:
+        await client.aclose()
+
+
+async def clean_redis(url: str, existing: set[bytes]) -> None:
+    """Delete the keys this test made (the database is this test's own)."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        made = [key async for key in client.scan_iter(count=1000) if key not in existing]
+        for start in range(0, len(made), 500):
+            await client.delete(*made[start : start + 500])
     finally:
         await client.aclose()
 
@@ -460,7 +465,6 @@ async def test_erasing_a_contact_leaves_its_markers_in_no_store(stack: Stack) ->
     api, app, receiver = stack.api, stack.app, stack.receiver
     a, a_admin = await api.create_workspace("Scan A")
     b, b_admin = await api.create_workspace("Scan B")
-    stack.workspaces += [a, b]
     kb_mark = mark("kb")
     await add_document(
         api,
@@ -611,7 +615,6 @@ async def fill(stack: Stack, display: str) -> Filled:
     workspace, token = await api.create_workspace(
         f"{display} {marks['name']}", settings=settings_with(marks)
     )
-    stack.workspaces.append(workspace)
     md = api.md(token)
     parent = f"workspaces/{workspace}"
     document = await add_document(
