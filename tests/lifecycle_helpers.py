@@ -133,11 +133,13 @@ class Needles:
             "(JSON, SQLite pages, pickles, Redis values) keeps them byte for byte"
         )
         alternatives = "|".join(re.escape(m) for m in self.markers)
-        self.pattern = self._text = re.compile(alternatives)
+        self.pattern = re.compile(alternatives)
         self._bytes = re.compile(alternatives.encode())
 
     def in_text(self, text: str) -> list[tuple[str, str]]:
-        return [(m.group(0), _around(text, m.start(), m.end())) for m in self._text.finditer(text)]
+        return [
+            (m.group(0), _around(text, m.start(), m.end())) for m in self.pattern.finditer(text)
+        ]
 
     def in_bytes(self, data: bytes) -> list[tuple[str, str]]:
         found = []
@@ -152,8 +154,9 @@ def _around(text: str, start: int, end: int, width: int = 40) -> str:
 
 
 async def scan_rows(db: Database, needles: Needles) -> list[Hit]:
-    """Every row of every table the database has (read from its catalogue, so a table
-    the models do not know is read too), every workspace, as a SQL client sees it."""
+    """Every row of every table of the database's schema (read from its catalogue,
+    so that a table the models do not know is read too), of every workspace, as a
+    SQL client sees it."""
     async with db.engine.connect() as connection:
         tables = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
     hits: list[Hit] = []
