@@ -78,6 +78,7 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     port: int = 0
+    set_cookie: str = ""  # a Set-Cookie header for every answer, if given
 
     @property
     def url(self) -> str:
@@ -110,6 +111,8 @@ def receiver() -> Iterator[Receiver]:
             )
             payload = b"nope" if status >= 300 else b"ok"
             self.send_response(status)
+            if state.set_cookie:
+                self.send_header("Set-Cookie", state.set_cookie)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)

@@ -36,6 +36,7 @@ from fenlo.v1 import (
     workspace_pb2,
 )
 from tests.chat_helpers import ChatStream
+from tests.conftest import _sqlite_url
 from tests.helpers import Api
 from tests.integration.test_tenancy import (
     CHAT,
@@ -56,6 +57,7 @@ from tests.integration.test_tenancy import (
     ws_name,
 )
 from tests.integration.test_webhooks import Receiver, create_hook, fast_app, receiver, wait_final
+from tests.lifecycle_helpers import chat_turns
 
 __all__ = ["receiver"]  # the fixture, imported for pytest
 
@@ -322,3 +324,27 @@ async def wait_ready(api: Api, tenant: Tenant) -> None:
         assert document.status != K.DOCUMENT_STATUS_FAILED, document
         await asyncio.sleep(0.1)
     raise AssertionError(f"{tenant.document} never became ready")
+
+
+async def test_a_cookie_one_workspace_s_receiver_sets_never_reaches_another_s(
+    sqlite_template: Path, tmp_path: Path, receiver: Receiver
+) -> None:
+    """One HTTP client sends every workspace's webhooks; it keeps no cookie."""
+    receiver.set_cookie = "session=a-secret-cookie; Path=/"
+    app = await fast_app(tmp_path, _sqlite_url(sqlite_template, tmp_path / "db"))
+    try:
+        async with Api(app) as api:
+            delivered = []
+            for name in ("Cookie A", "Cookie B"):
+                workspace, admin = await api.create_workspace(name)
+                hook = await create_hook(
+                    api, workspace, admin, receiver.url, event_types=["turn.completed"]
+                )
+                await chat_turns(api, admin, workspace, f"contact-{name}", ["Hello there"])
+                delivered += await wait_final(api, admin, hook.webhook.name, count=1)
+            assert [d.state for d in delivered] == [H.DELIVERY_STATE_SUCCEEDED] * 2
+            requests = receiver.got()
+            assert len(requests) == 2
+            assert all("Cookie" not in r.headers for r in requests), [r.headers for r in requests]
+    finally:
+        await app.stop(grace=0)

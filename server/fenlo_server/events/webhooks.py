@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.cookiejar
 import json
 import logging
 import random
@@ -56,6 +57,8 @@ from fenlo_server.storage.webhooks import (
 )
 
 log = logging.getLogger("fenlo.webhooks")
+# A cookie jar that keeps nothing (webhook receivers' Set-Cookie is ignored).
+NO_COOKIES = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 USER_AGENT = "Fenlo-Webhooks/1"
 _ERROR_CHARS = 500
 
@@ -224,6 +227,9 @@ class WebhookDispatcher:
                     max_connections=self._settings.webhook_concurrency,
                     max_keepalive_connections=0,
                 ),
+                # One client sends every workspace's deliveries: a cookie one
+                # receiver sets must never go out with another workspace's request.
+                cookies=NO_COOKIES,
             )
         return self._client
 
