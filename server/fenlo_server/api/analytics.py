@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from grpc import aio
@@ -18,6 +18,7 @@ Ctx = aio.ServicerContext[Any, Any]
 A = analysis_pb2
 DEFAULT_RANGE = timedelta(days=30)
 MAX_RANGE = timedelta(days=366)
+EARLIEST = datetime.min.replace(tzinfo=UTC)  # of a Timestamp too: 0001-01-01
 _SENTIMENTS = {
     "positive": A.SENTIMENT_LABEL_POSITIVE,
     "neutral": A.SENTIMENT_LABEL_NEUTRAL,
@@ -53,7 +54,8 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         end = from_timestamp(request, "end_time", "end_time", violations)
         violations.raise_if_any()
         end = end or utcnow()
-        start = start or end - DEFAULT_RANGE
+        # An end_time in January of year 1 has less than the default range before it.
+        start = start or end - min(DEFAULT_RANGE, end - EARLIEST)
         if end <= start:
             violations.add("end_time", "must be after start_time")
         elif end - start > MAX_RANGE:
