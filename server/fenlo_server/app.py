@@ -50,6 +50,7 @@ from fenlo_server.events.relay import OutboxRelay
 from fenlo_server.events.secret_box import SecretBox
 from fenlo_server.events.webhooks import WebhookDispatcher
 from fenlo_server.interceptors.auth import AuthInterceptor
+from fenlo_server.interceptors.decoding import DecodingInterceptor
 from fenlo_server.interceptors.errors import ErrorInterceptor
 from fenlo_server.interceptors.observability import ObservabilityInterceptor
 from fenlo_server.interceptors.ratelimit import RateLimitInterceptor
@@ -369,6 +370,7 @@ class FenloApp:
                 ErrorInterceptor(),
                 AuthInterceptor(self.authenticator),
                 RateLimitInterceptor(self.limiter, self.directory),
+                DecodingInterceptor(),  # innermost: wraps the servicers themselves
             ],
             options=[
                 ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
