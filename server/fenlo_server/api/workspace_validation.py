@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
 import zoneinfo
+
+from google.protobuf import struct_pb2
 
 from fenlo.v1 import workspace_pb2
 from fenlo_server.api.common import check_text
@@ -18,6 +21,7 @@ MAX_RETENTION_DAYS = 36500
 MAX_OUTPUT_TOKENS = 131072
 MAX_QUOTA = 1_000_000_000
 MAX_DOCUMENT_BYTES = 512 * 1024 * 1024
+MAX_TIME_ZONE = 64  # the longest IANA name has 32 characters
 
 
 def validate_workspace(
@@ -41,8 +45,11 @@ def validate_settings(
     hours = settings.business_hours
     if hours.time_zone:
         try:
+            if len(hours.time_zone) > MAX_TIME_ZONE:
+                raise ValueError("too long")
             zoneinfo.ZoneInfo(hours.time_zone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            # OSError: a name the file system refuses (longer than a file name may be).
             violations.add(f"{path}.business_hours.time_zone", "must be an IANA time zone")
     elif hours.intervals:
         violations.add(f"{path}.business_hours.time_zone", "is required when intervals are set")
@@ -105,6 +112,9 @@ def validate_settings(
             )
         if step.params.ByteSize() > 16384:
             violations.add(f"{path}.pipeline[{i}].params", "must be at most 16 KiB")
+        elif not _finite(step.params):
+            # JSON, in which the settings are stored, has no NaN or Infinity.
+            violations.add(f"{path}.pipeline[{i}].params", "must not hold NaN or Infinity")
 
 
 def validate_quotas(
@@ -122,3 +132,19 @@ def validate_quotas(
         limit = MAX_DOCUMENT_BYTES if field == "max_document_bytes" else MAX_QUOTA
         if not 0 <= value <= limit:
             violations.add(f"{path}.{field}", f"must be 0 (server default) to {limit}")
+
+
+def _finite(value: struct_pb2.Struct | struct_pb2.ListValue | struct_pb2.Value) -> bool:
+    """Whether every number in a Struct (a ListValue, a Value) is finite."""
+    if isinstance(value, struct_pb2.Struct):
+        return all(_finite(v) for v in value.fields.values())
+    if isinstance(value, struct_pb2.ListValue):
+        return all(_finite(v) for v in value.values)
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return math.isfinite(value.number_value)
+    if kind == "struct_value":
+        return _finite(value.struct_value)
+    if kind == "list_value":
+        return _finite(value.list_value)
+    return True

@@ -22,7 +22,7 @@ from fenlo_server.api.common import (
     to_timestamp,
     update_paths,
 )
-from fenlo_server.api.workspace_validation import validate_workspace
+from fenlo_server.api.workspace_validation import MAX_PIPELINE_STEPS, validate_workspace
 from fenlo_server.auth import apikeys
 from fenlo_server.auth.permissions import PLATFORM_ONLY_FIELDS
 from fenlo_server.auth.principal import ADMIN, AGENT, SERVICE, get_principal
@@ -118,8 +118,15 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         self, violations: Violations, workspace: workspace_pb2.Workspace, prefix: str
     ) -> None:
         """Every step of the pipeline must be registered and accept its parameters."""
-        config = settings_to_json(workspace.settings).get("pipeline", [])
         reported = {v.field for v in violations.items}
+        steps = workspace.settings.pipeline[:MAX_PIPELINE_STEPS]  # more are refused anyway
+        config = [
+            # Parameters already refused (too large, not finite) are left out.
+            {"name": step.name}
+            if f"{prefix}.settings.pipeline[{i}].params" in reported
+            else json_format.MessageToDict(step, preserving_proto_field_name=True)
+            for i, step in enumerate(steps)
+        ]
         for index, part, problem in self._deps.steps.check(config):
             path = f"{prefix}.settings.pipeline[{index}]"
             if f"{path}.name" not in reported:  # a malformed name is reported once
