@@ -235,7 +235,7 @@ async def test_upload_limits_and_order(sqlite_api: Api) -> None:
     with pytest.raises(aio.AioRpcError) as caught:
         await upload(api, workspace, token, b"x", tags=["ok", "x" * 65], title="t" * 301)
     fields = [f for f, _ in rich_error(caught.value).violations]
-    assert fields == ["document.title", "document.tags[1]"]
+    assert fields == ["metadata.document.title", "metadata.document.tags[1]"]
 
 
 async def test_deleting_a_document_removes_it_from_results(api: Api) -> None:

@@ -182,14 +182,14 @@ def request_hash(request: Message) -> str:
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
 
 
-def request_id_of(value: str) -> str | None:
+def request_id_of(value: str, field: str = "request_id") -> str | None:
     """A normalised request_id (a UUID, AIP-155), or None when empty."""
     if not value:
         return None
     try:
         return str(uuid.UUID(value))
     except ValueError:
-        raise invalid("request_id", "must be a UUID such as 6f1c1d0e-...") from None
+        raise invalid(field, "must be a UUID such as 6f1c1d0e-...") from None
 
 
 def check_text(

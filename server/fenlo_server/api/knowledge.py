@@ -105,11 +105,13 @@ def check_tags(violations: Violations, path: str, tags: list[str]) -> None:
             violations.add(f"{path}[{i}]", f"tags must be 1 to {MAX_TAG} characters")
 
 
-def validate_document_metadata(violations: Violations, document: knowledge_pb2.Document) -> None:
-    check_text(violations, "document.title", document.title, max_chars=300)
-    check_text(violations, "document.source_uri", document.source_uri, max_chars=2048)
-    check_text(violations, "document.mime_type", document.mime_type, max_chars=200)
-    check_tags(violations, "document.tags", list(document.tags))
+def validate_document_metadata(
+    violations: Violations, document: knowledge_pb2.Document, path: str = "document"
+) -> None:
+    check_text(violations, f"{path}.title", document.title, max_chars=300)
+    check_text(violations, f"{path}.source_uri", document.source_uri, max_chars=2048)
+    check_text(violations, f"{path}.mime_type", document.mime_type, max_chars=200)
+    check_tags(violations, f"{path}.tags", list(document.tags))
 
 
 class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
@@ -134,9 +136,9 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         workspace_id = names.workspace_id(metadata.parent, "metadata.parent")
         authorize_workspace(workspace_id)
         violations = Violations()
-        validate_document_metadata(violations, metadata.document)
+        validate_document_metadata(violations, metadata.document, "metadata.document")
         violations.raise_if_any()
-        request_id = request_id_of(metadata.request_id)
+        request_id = request_id_of(metadata.request_id, "metadata.request_id")
         limit = await self._max_bytes(workspace_id)
         parts: list[bytes] = []
         size = 0
