@@ -1019,8 +1019,10 @@ async def test_an_endless_upload_is_cut_off_at_the_limit(sqlite_api: Api) -> Non
     await assert_too_large(call)
     seen = pulled
     await asyncio.sleep(0.3)
-    assert pulled == seen, "the client's stream was still being read"
-    assert seen < 200  # 10 chunks and what flow control let through
+    assert pulled == seen, f"the client's stream was still being read ({seen} -> {pulled})"
+    # 10 chunks, and what HTTP/2 flow control let the client buffer: at most one
+    # window, which gRPC's bandwidth probing grows up to 4 MiB on a busy machine.
+    assert seen < 5000, seen
     assert await document_count(api, workspace) == 0
 
 
