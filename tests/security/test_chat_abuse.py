@@ -332,6 +332,33 @@ async def test_a_flood_of_every_kind_of_request_gets_only_documented_errors(api:
     assert {m.name for m in of_role(messages, C.MESSAGE_ROLE_ASSISTANT)} == answers - {""}
 
 
+@pytest.mark.parametrize("started", [False, True])
+async def test_an_undecodable_request_ends_the_stream_with_invalid_argument(
+    sqlite_api: Api, started: bool
+) -> None:
+    """Bytes that are no ChatRequest (a cut-off field) are a bad request, not the
+    caller closing its side: the stream ends INVALID_ARGUMENT, nothing is lost
+    silently."""
+    api = sqlite_api
+    workspace, token = await api.create_workspace("Undecodable")
+    chat = api.channel.stream_stream(
+        "/fenlo.v1.ChatService/Chat",
+        request_serializer=None,  # the bytes go as they are
+        response_deserializer=chat_pb2.ChatResponse.FromString,
+    )
+    call = chat(metadata=api.md(token), timeout=30)
+    if started:
+        start = chat_pb2.ChatRequest(start=chat_pb2.StartChat(parent=f"workspaces/{workspace}"))
+        await call.write(start.SerializeToString())
+        first = await call.read()
+        assert first.WhichOneof("kind") == "session_started", first
+    await call.write(b"\x0a\x64ab")  # field 1, 100 bytes long, cut off after two
+    with contextlib.suppress(aio.AioRpcError):
+        while await asyncio.wait_for(call.read(), READ_TIMEOUT) is not aio.EOF:
+            pass
+    assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT, await call.details()
+
+
 @pytest.mark.parametrize("cause", ["not_started", "second_start", "oversized"])
 async def test_requests_after_a_stream_error_change_nothing(api: Api, cause: str) -> None:
     workspace, token = await api.create_workspace("Broken")

@@ -109,6 +109,13 @@ class _Gone:
     """The stream's conversation was deleted or erased: end the stream."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Unreadable:
+    """A request that could not be decoded: the stream ends with its error."""
+
+    error: FenloError
+
+
 _EOF = object()
 _TURN_DONE = object()  # the worker finished a turn: the idle clock starts again
 _CLOSE = object()
@@ -404,6 +411,8 @@ class ChatSession:
                 self._inbox.put_nowait(request)
         except asyncio.CancelledError:
             raise
+        except FenloError as error:  # an undecodable request (interceptors/decoding.py)
+            self._inbox.put_nowait(_Unreadable(error))
         except Exception:  # the caller went away: the same as closing its side
             pass
         finally:
@@ -429,6 +438,8 @@ class ChatSession:
             item = await self._next_request()
             if item is _EOF:
                 raise _Closed
+            if isinstance(item, _Unreadable):
+                raise item.error
             if isinstance(item, _Drain | _Push | _State | _Gone):
                 continue  # nothing to tell before the session exists
             assert isinstance(item, chat_pb2.ChatRequest)
@@ -569,6 +580,8 @@ class ChatSession:
                 if item is _EOF:
                     await self._finish()
                     return
+                if isinstance(item, _Unreadable):
+                    raise item.error
                 if isinstance(item, _Drain):
                     await self._emit(
                         chat_pb2.ChatResponse(
