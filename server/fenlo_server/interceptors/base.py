@@ -58,39 +58,55 @@ class Around(Protocol):
 AroundFactory = Callable[[str, aio.ServicerContext[Any, Any]], Around]
 
 
+def _same(request: Any) -> Any:
+    return request
+
+
 def wrap_handler(
-    handler: grpc.RpcMethodHandler[Any, Any], method: str, around: AroundFactory
+    handler: grpc.RpcMethodHandler[Any, Any],
+    method: str,
+    around: AroundFactory,
+    *,
+    deserializer: Callable[[Callable[[bytes], Any]], Callable[[bytes], Any]] | None = None,
+    request: Callable[[Any], Any] = _same,
+    requests: Callable[[Any], Any] = _same,
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """Return ``handler`` with ``around(method, context)`` entered around every call."""
+    """Return ``handler`` with ``around(method, context)`` entered around every call.
+
+    ``deserializer`` wraps the handler's request deserializer; ``request`` is applied
+    to a single request message and ``requests`` to a stream of them before the
+    handler sees them (the decoding layer checks what its deserializer made)."""
+    decode = handler.request_deserializer
     kwargs = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": deserializer(decode) if deserializer and decode else decode,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
         inner_uu: Callable[..., Awaitable[Any]] = handler.unary_unary
 
-        async def unary_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        async def unary_unary(message: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             async with around(method, context):
-                return await inner_uu(request, context)
+                return await inner_uu(request(message), context)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, **kwargs)
 
     if handler.stream_unary is not None:
         inner_su: Callable[..., Awaitable[Any]] = handler.stream_unary
 
-        async def stream_unary(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        async def stream_unary(messages: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             async with around(method, context):
-                return await inner_su(requests, context)
+                return await inner_su(requests(messages), context)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
 
     streaming = handler.unary_stream if handler.unary_stream is not None else handler.stream_stream
     assert streaming is not None
     inner_stream: Callable[..., Any] = streaming
+    many = handler.stream_stream is not None
 
-    async def stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    async def stream(message: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         async with around(method, context):
-            result = inner_stream(request, context)
+            result = inner_stream(requests(message) if many else request(message), context)
             if inspect.isasyncgen(result):
                 try:
                     async for response in result:
@@ -100,9 +116,9 @@ def wrap_handler(
             else:
                 await result
 
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(stream, **kwargs)
-    return grpc.stream_stream_rpc_method_handler(stream, **kwargs)
+    if many:
+        return grpc.stream_stream_rpc_method_handler(stream, **kwargs)
+    return grpc.unary_stream_rpc_method_handler(stream, **kwargs)
 
 
 class WrappingInterceptor(aio.ServerInterceptor):

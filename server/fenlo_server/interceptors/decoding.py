@@ -13,7 +13,7 @@ reads the message.
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 from grpc import aio
 
 from fenlo_server.errors import InvalidArgument, Reason
+from fenlo_server.interceptors.base import Around, wrap_handler
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,48 +57,22 @@ async def _checked_stream(requests: AsyncIterable[Any]) -> AsyncIterator[Any]:
         yield _checked(request)
 
 
+def _no_layer(method: str, context: aio.ServicerContext[Any, Any]) -> Around:
+    return contextlib.nullcontext()
+
+
 def checked_handler(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
     """``handler`` with a deserializer that never raises and a check of what it made."""
     if handler.request_deserializer is None:
         return handler
-    kwargs = {
-        "request_deserializer": _tolerant(handler.request_deserializer),
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary is not None:
-        inner_uu: Callable[..., Awaitable[Any]] = handler.unary_unary
-
-        async def unary_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            return await inner_uu(_checked(request), context)
-
-        return grpc.unary_unary_rpc_method_handler(unary_unary, **kwargs)
-    if handler.stream_unary is not None:
-        inner_su: Callable[..., Awaitable[Any]] = handler.stream_unary
-
-        async def stream_unary(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            return await inner_su(_checked_stream(requests), context)
-
-        return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
-
-    streaming = handler.unary_stream if handler.unary_stream is not None else handler.stream_stream
-    assert streaming is not None
-    inner_stream: Callable[..., Any] = streaming
-    many = handler.stream_stream is not None
-
-    async def stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        result = inner_stream(_checked_stream(request) if many else _checked(request), context)
-        if inspect.isasyncgen(result):
-            try:
-                async for response in result:
-                    yield response
-            finally:
-                await result.aclose()
-        else:
-            await result
-
-    if many:
-        return grpc.stream_stream_rpc_method_handler(stream, **kwargs)
-    return grpc.unary_stream_rpc_method_handler(stream, **kwargs)
+    return wrap_handler(
+        handler,
+        "",
+        _no_layer,
+        deserializer=_tolerant,
+        request=_checked,
+        requests=_checked_stream,
+    )
 
 
 class DecodingInterceptor(aio.ServerInterceptor):
