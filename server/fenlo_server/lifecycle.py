@@ -57,6 +57,37 @@ class ContactErasure:
     contact_hash: str
 
 
+async def _bounded(
+    page: Callable[[], Awaitable[tuple[int, bool]]],
+    *,
+    max_calls: int,
+    budget_seconds: float,
+    failed: str,
+    stopped: str,
+    about: dict[str, Any],
+) -> int | None:
+    """Run ``page`` (one bounded Redis step: how many it deleted, and whether it was
+    the last) until done, ``max_calls`` or ``budget_seconds``. Returns how many were
+    deleted, or None when Redis could not be reached; both limits are logged."""
+    started = time.monotonic()
+    deleted = 0
+    try:
+        for _ in range(max_calls):
+            count, done = await page()
+            deleted += count
+            if done:
+                return deleted
+            if time.monotonic() - started > budget_seconds:
+                break
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        log.warning(failed, extra={**about, "error": repr(error)})
+        return None
+    log.warning(stopped, extra={**about, "deleted": deleted})
+    return deleted
+
+
 async def delete_redis_keys(
     redis: Any,
     fragment: str,
@@ -68,36 +99,29 @@ async def delete_redis_keys(
     """Delete the keys whose name contains ``fragment`` (a server-made id, so it
     holds no glob characters), except those ``keep`` says to keep. Returns how
     many were deleted, or None when Redis could not be reached (logged)."""
-    started = time.monotonic()
     cursor: Any = 0
-    deleted = 0
-    try:
-        for _ in range(max_calls):
-            cursor, keys = await asyncio.wait_for(
-                redis.scan(cursor=cursor, match=f"*{fragment}*", count=REDIS_SCAN_COUNT),
-                REDIS_CALL_TIMEOUT,
-            )
-            names = [k.decode() if isinstance(k, bytes) else str(k) for k in keys]
-            doomed = [k for k in names if keep is None or not keep(k)]
-            if doomed:
-                deleted += int(await asyncio.wait_for(redis.unlink(*doomed), REDIS_CALL_TIMEOUT))
-            if int(cursor) == 0:
-                return deleted
-            if time.monotonic() - started > budget_seconds:
-                break
-    except asyncio.CancelledError:
-        raise
-    except Exception as error:
-        log.warning(
-            "redis keys not deleted; they expire by themselves",
-            extra={"fragment": fragment, "error": repr(error)},
+
+    async def page() -> tuple[int, bool]:
+        nonlocal cursor
+        cursor, keys = await asyncio.wait_for(
+            redis.scan(cursor=cursor, match=f"*{fragment}*", count=REDIS_SCAN_COUNT),
+            REDIS_CALL_TIMEOUT,
         )
-        return None
-    log.warning(
-        "redis key scan stopped at its bound; the remaining keys expire by themselves",
-        extra={"fragment": fragment, "deleted": deleted},
+        names = [k.decode() if isinstance(k, bytes) else str(k) for k in keys]
+        doomed = [k for k in names if keep is None or not keep(k)]
+        deleted = 0
+        if doomed:
+            deleted = int(await asyncio.wait_for(redis.unlink(*doomed), REDIS_CALL_TIMEOUT))
+        return deleted, int(cursor) == 0
+
+    return await _bounded(
+        page,
+        max_calls=max_calls,
+        budget_seconds=budget_seconds,
+        failed="redis keys not deleted; they expire by themselves",
+        stopped="redis key scan stopped at its bound; the remaining keys expire by themselves",
+        about={"fragment": fragment},
     )
-    return deleted
 
 
 def _stream_field(fields: Mapping[Any, Any], name: str) -> bytes:
@@ -131,66 +155,63 @@ async def delete_stream_entries(
     """Delete the entries of the Redis stream ``key`` that ``matches``, read in pages
     (``XRANGE``, bounded like :func:`delete_redis_keys`), with ``XDEL``. Returns
     how many were deleted, or None when Redis could not be reached (logged)."""
-    started = time.monotonic()
     start = "-"
-    deleted = 0
-    try:
-        for _ in range(max_calls):
-            entries = await asyncio.wait_for(
-                redis.xrange(key, min=start, max="+", count=REDIS_SCAN_COUNT), REDIS_CALL_TIMEOUT
-            )
-            doomed = [entry_id for entry_id, fields in entries if matches(fields)]
-            if doomed:
-                deleted += int(await asyncio.wait_for(redis.xdel(key, *doomed), REDIS_CALL_TIMEOUT))
-            if len(entries) < REDIS_SCAN_COUNT:
-                return deleted
-            last = entries[-1][0]
-            start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
-            if time.monotonic() - started > budget_seconds:
-                break
-    except asyncio.CancelledError:
-        raise
-    except Exception as error:
-        log.warning(
-            "redis stream entries not deleted; the stream's trimming drops them in time",
-            extra={"stream": key, "error": repr(error)},
+
+    async def page() -> tuple[int, bool]:
+        nonlocal start
+        entries = await asyncio.wait_for(
+            redis.xrange(key, min=start, max="+", count=REDIS_SCAN_COUNT), REDIS_CALL_TIMEOUT
         )
-        return None
-    log.warning(
-        "redis stream scan stopped at its bound; the stream's trimming drops the rest in time",
-        extra={"stream": key, "deleted": deleted},
+        doomed = [entry_id for entry_id, fields in entries if matches(fields)]
+        deleted = 0
+        if doomed:
+            deleted = int(await asyncio.wait_for(redis.xdel(key, *doomed), REDIS_CALL_TIMEOUT))
+        if len(entries) < REDIS_SCAN_COUNT:
+            return deleted, True
+        last = entries[-1][0]
+        start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+        return deleted, False
+
+    return await _bounded(
+        page,
+        max_calls=max_calls,
+        budget_seconds=budget_seconds,
+        failed="redis stream entries not deleted; the stream's trimming drops them in time",
+        stopped="redis stream scan stopped at its bound; "
+        "the stream's trimming drops the rest in time",
+        about={"stream": key},
     )
-    return deleted
 
 
 async def delete_set_members(
     redis: Any, key: str, fragment: str, *, max_calls: int = REDIS_SCAN_MAX_CALLS
 ) -> int | None:
     """Remove the members of the sorted set ``key`` that contain ``fragment`` (a
-    server-made id), found with ``ZSCAN MATCH``. Returns how many went, or None
-    when Redis could not be reached (logged)."""
+    server-made id), found with ``ZSCAN MATCH`` (bounded like
+    :func:`delete_redis_keys`). Returns how many went, or None when Redis could
+    not be reached (logged)."""
     cursor: Any = 0
-    removed = 0
-    try:
-        for _ in range(max_calls):
-            cursor, members = await asyncio.wait_for(
-                redis.zscan(key, cursor=cursor, match=f"*{fragment}*", count=REDIS_SCAN_COUNT),
-                REDIS_CALL_TIMEOUT,
-            )
-            doomed = [member for member, _score in members]
-            if doomed:
-                removed += int(await asyncio.wait_for(redis.zrem(key, *doomed), REDIS_CALL_TIMEOUT))
-            if int(cursor) == 0:
-                break
-    except asyncio.CancelledError:
-        raise
-    except Exception as error:
-        log.warning(
-            "queued jobs not removed; they find nothing to do when they run",
-            extra={"queue": key, "error": repr(error)},
+
+    async def page() -> tuple[int, bool]:
+        nonlocal cursor
+        cursor, members = await asyncio.wait_for(
+            redis.zscan(key, cursor=cursor, match=f"*{fragment}*", count=REDIS_SCAN_COUNT),
+            REDIS_CALL_TIMEOUT,
         )
-        return None
-    return removed
+        doomed = [member for member, _score in members]
+        removed = 0
+        if doomed:
+            removed = int(await asyncio.wait_for(redis.zrem(key, *doomed), REDIS_CALL_TIMEOUT))
+        return removed, int(cursor) == 0
+
+    return await _bounded(
+        page,
+        max_calls=max_calls,
+        budget_seconds=REDIS_SCAN_SECONDS,
+        failed="queued jobs not removed; they find nothing to do when they run",
+        stopped="queued-job scan stopped at its bound; the rest find nothing to do",
+        about={"queue": key},
+    )
 
 
 class DataLifecycle:
